@@ -1,0 +1,1 @@
+"""Telegram vision bot: answers questions about photos through an OpenAI-compatible vision API."""

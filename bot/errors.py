@@ -1,0 +1,121 @@
+"""One error hierarchy for everything that can go wrong while answering.
+
+Each class has a stable `kind` used to pick the user's text, the operator's alert and metrics labels.
+"""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base of every expected failure; anything else is a bug."""
+
+    kind = "internal"
+
+
+class ImageError(BotError):
+    """The user's image cannot be used."""
+
+    kind = "bad_image"
+
+
+class ImageTooLargeError(ImageError):
+    kind = "image_too_large"
+
+
+class ImageDownloadError(ImageError):
+    """Telegram did not hand the file over; usually passing."""
+
+    kind = "image_download"
+
+
+class VisionError(BotError):
+    """The vision provider failed; carries what the operator needs to diagnose it."""
+
+    kind = "provider"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body_excerpt: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body_excerpt = body_excerpt
+        self.request_id = request_id
+
+
+class AuthError(VisionError):
+    """The API key was rejected or expired."""
+
+    kind = "auth"
+
+
+class QuotaError(VisionError):
+    """Balance or quota exhausted: retrying only burns time."""
+
+    kind = "quota"
+
+
+class ContentPolicyError(VisionError):
+    """The provider refused the question or image on safety grounds."""
+
+    kind = "content_policy"
+
+
+class RateLimitError(VisionError):
+    """Too many requests right now; worth retrying after a pause."""
+
+    kind = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: object) -> None:
+        super().__init__(message, **details)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ContextTooLongError(VisionError):
+    """The conversation no longer fits the model's context window."""
+
+    kind = "context_too_long"
+
+
+class ModelNotFoundError(VisionError):
+    """VISION_MODEL or VISION_BASE_URL is wrong: the operator must fix the configuration."""
+
+    kind = "misconfigured"
+
+
+class BadRequestError(VisionError):
+    """The provider rejected the request's shape; usually a configuration or compatibility problem."""
+
+    kind = "bad_request"
+
+
+class ImageRejectedError(VisionError):
+    """The provider could not use the image."""
+
+    kind = "image_rejected"
+
+
+class UnavailableError(VisionError):
+    """Provider down, overloaded, unreachable or too slow; a later try may work."""
+
+    kind = "unavailable"
+    retryable = True
+
+
+class StreamCutError(VisionError):
+    """The answer stopped before the provider said it was finished."""
+
+    kind = "stream_cut"
+
+
+class EmptyAnswerError(VisionError):
+    """The provider finished without a single word (some relays turn errors into empty streams)."""
+
+    kind = "empty_answer"

@@ -1,0 +1,51 @@
+"""Plain data shared by services, clients and storage (no I/O, no framework types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """A conversation lives in one chat, or in one forum topic of it (thread 0 = no topic)."""
+
+    chat_id: int
+    thread_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """An image ready to leave the machine: re-encoded, metadata stripped, sized for the provider."""
+
+    image_id: str
+    data: bytes
+    mime: str = "image/jpeg"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Role
+    text: str
+    created_at: float
+    image_ids: tuple[str, ...] = field(default=())
+    author: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    """One message for the model, provider-neutral; the vision client decides the wire format."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    images: tuple[PreparedImage, ...] = field(default=())

@@ -1,0 +1,133 @@
+"""Everything users read, in English and Simplified Chinese."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Language = Literal["en", "zh"]
+
+_TEXTS: dict[str, dict[Language, str]] = {
+    "start": {
+        "en": "Hi! Send me a photo and ask anything about it: what it is, what a sign says, what to watch out for.\n"
+        "Follow-up questions keep the photo in mind. /reset starts over.",
+        "zh": "你好！发给我一张照片，然后问任何关于它的问题：这是什么、牌子上写了什么、需要注意什么。\n"
+        "后续提问会记住这张照片。/reset 可以重新开始。",
+    },
+    "help": {
+        "en": "How to use me:\n"
+        "• Send a photo, with your question as the caption (or none, for a description).\n"
+        "• Ask follow-up questions as plain messages: I remember the photo.\n"
+        "• /reset (or /new) forgets this conversation.",
+        "zh": "使用方法：\n"
+        "• 发送一张照片，把问题写在说明里（不写则给出描述）。\n"
+        "• 直接发消息继续提问：我会记得这张照片。\n"
+        "• /reset（或 /new）清除本次对话。",
+    },
+    "reset_done": {
+        "en": "Done, I've forgotten this conversation. Send a new photo whenever you like.",
+        "zh": "好的，已清除本次对话。随时可以发新照片。",
+    },
+    "default_question": {
+        "en": "What is in this image? Describe it briefly.",
+        "zh": "这张图片里有什么？请简要描述。",
+    },
+    "no_context": {
+        "en": "Send me a photo first, then ask about it.",
+        "zh": "请先发一张照片，再针对它提问。",
+    },
+    "cut_off": {
+        "en": "(answer cut off)",
+        "zh": "（回答被中断）",
+    },
+    "commands.start": {"en": "Start and see what I can do", "zh": "开始使用"},
+    "commands.help": {"en": "How to use the bot", "zh": "使用帮助"},
+    "commands.reset": {"en": "Forget this conversation", "zh": "清除当前对话"},
+    "commands.new": {"en": "Start a new conversation", "zh": "开始新对话"},
+    "error.auth": {
+        "en": "The AI service isn't accepting this bot's key right now. The owner has been told; please try later.",
+        "zh": "AI 服务暂时不接受本机器人的密钥。已通知机器人管理员，请稍后再试。",
+    },
+    "error.quota": {
+        "en": "The bot's AI credit has run out. The owner has been told; please try again later.",
+        "zh": "机器人的 AI 额度已用完。已通知管理员，请稍后再试。",
+    },
+    "error.content_policy": {
+        "en": "The AI service declined this request under its content rules. Try another photo or other words.",
+        "zh": "AI 服务根据其内容规则拒绝了这个请求。请换一张图片或换个问法。",
+    },
+    "error.rate_limited": {
+        "en": "The AI service is busy with too many requests. Please try again in a minute.",
+        "zh": "AI 服务请求过多，正忙。请一分钟后再试。",
+    },
+    "error.context_too_long": {
+        "en": "This conversation has grown too long for the AI. Send /reset and ask again.",
+        "zh": "对话太长了，AI 处理不了。请发送 /reset 后重新提问。",
+    },
+    "error.misconfigured": {
+        "en": "The bot isn't set up correctly for its AI service. The owner has been told.",
+        "zh": "机器人的 AI 服务配置有误。已通知管理员。",
+    },
+    "error.bad_request": {
+        "en": "The AI service couldn't process this request. The owner has been told; try rephrasing meanwhile.",
+        "zh": "AI 服务无法处理这个请求。已通知管理员，您也可以换个问法试试。",
+    },
+    "error.image_rejected": {
+        "en": "The AI service couldn't read this image. Try sending it as a regular photo.",
+        "zh": "AI 服务无法读取这张图片。请尝试以普通照片的方式发送。",
+    },
+    "error.unavailable": {
+        "en": "The AI service isn't responding right now. Please try again in a few minutes.",
+        "zh": "AI 服务暂时没有响应。请几分钟后再试。",
+    },
+    "error.stream_cut": {
+        "en": "The answer was cut off by the AI service. Ask again to get the rest.",
+        "zh": "回答被 AI 服务中断了。请再问一次以获得完整回答。",
+    },
+    "error.empty_answer": {
+        "en": "The AI service returned an empty answer. Please try again or rephrase the question.",
+        "zh": "AI 服务返回了空的回答。请重试或换个问法。",
+    },
+    "error.provider": {
+        "en": "Something went wrong with the AI service. Please try again later.",
+        "zh": "AI 服务出了点问题。请稍后再试。",
+    },
+    "error.bad_image": {
+        "en": "I couldn't open this image. It may be damaged; please send it again as a photo.",
+        "zh": "无法打开这张图片，可能已损坏。请以照片方式重新发送。",
+    },
+    "error.image_too_large": {
+        "en": "This image is too large for me to download (over 20 MB). Please send it as a compressed photo.",
+        "zh": "这张图片太大（超过 20 MB），无法下载。请以压缩照片的方式发送。",
+    },
+    "error.image_download": {
+        "en": "I couldn't download this image from Telegram. Please send it again.",
+        "zh": "无法从 Telegram 下载这张图片。请重新发送。",
+    },
+    "error.interrupted": {
+        "en": "I was restarted before I could answer. Please ask again.",
+        "zh": "我在回答前被重启了。请再问一次。",
+    },
+    "error.internal": {
+        "en": "Sorry, something went wrong on my side. Please try again.",
+        "zh": "抱歉，我这边出了点问题。请再试一次。",
+    },
+}
+
+LANGUAGES: tuple[Language, ...] = ("en", "zh")
+
+
+def language_of(language_code: str | None) -> Language:
+    """Telegram's IETF tag (zh-hans, zh-CN, en-US, ...) to one of our languages."""
+    if language_code and language_code.lower().startswith("zh"):
+        return "zh"
+    return "en"
+
+
+def text(key: str, language: Language) -> str:
+    return _TEXTS[key][language]
+
+
+def error_text(kind: str, language: Language) -> str:
+    """The friendly sentence for an error kind; unknown kinds fall back to the generic provider text."""
+    entry = _TEXTS.get(f"error.{kind}", _TEXTS["error.provider"])
+    return entry[language]

@@ -1,0 +1,35 @@
+"""The storage contract the services rely on; SQLite implements it today, PostgreSQL could tomorrow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from bot.models import ConversationKey, PreparedImage, Turn
+
+
+class ConversationStore(Protocol):
+    async def recent_turns(self, key: ConversationKey, *, limit: int, idle_after: float, now: float) -> list[Turn]:
+        """The newest `limit` turns of the live conversation, oldest first.
+
+        A gap longer than `idle_after` seconds ends a conversation: turns before it are not returned.
+        """
+        ...
+
+    async def add_turn(self, key: ConversationKey, turn: Turn) -> None: ...
+
+    async def clear(self, key: ConversationKey) -> None:
+        """Forget a conversation and the images only it referenced."""
+        ...
+
+    async def save_image(self, image: PreparedImage, *, now: float) -> None:
+        """Keep prepared bytes once per image id; saving the same id again is a no-op."""
+        ...
+
+    async def load_images(self, image_ids: Iterable[str]) -> dict[str, PreparedImage]: ...
+
+    async def prune(self, *, older_than: float) -> int:
+        """Delete turns older than the cut-off and unreferenced images; returns deleted turns."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,185 @@
+"""SQLite storage through one aiosqlite connection (WAL), with ordered schema migrations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiosqlite
+
+from bot.models import ConversationKey, PreparedImage, Turn, Usage
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER NOT NULL DEFAULT 0,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        author TEXT,
+        text TEXT NOT NULL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        total_tokens INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX turns_by_conversation ON turns (chat_id, thread_id, id);
+    CREATE INDEX turns_by_age ON turns (created_at);
+    CREATE TABLE images (
+        image_id TEXT PRIMARY KEY,
+        mime TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE turn_images (
+        turn_id INTEGER NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        image_id TEXT NOT NULL,
+        PRIMARY KEY (turn_id, position)
+    );
+    CREATE INDEX turn_images_by_image ON turn_images (image_id);
+    """,
+)
+
+# An image saved moments ago may belong to a turn that is about to be written.
+_ORPHAN_GRACE_SECONDS = 300.0
+
+
+class SqliteConversationStore:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteConversationStore:
+        """Open (creating folder and file) and migrate to the newest schema."""
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(path)
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.execute("PRAGMA foreign_keys=ON")
+            await connection.execute("PRAGMA busy_timeout=5000")
+            await migrate(connection)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def recent_turns(self, key: ConversationKey, *, limit: int, idle_after: float, now: float) -> list[Turn]:
+        cursor = await self._db.execute(
+            "SELECT id, role, author, text, prompt_tokens, completion_tokens, total_tokens, created_at "
+            "FROM turns WHERE chat_id = ? AND thread_id = ? ORDER BY id DESC LIMIT ?",
+            (key.chat_id, key.thread_id, limit),
+        )
+        rows = list(await cursor.fetchall())
+        live: list[aiosqlite.Row] = []
+        newer = now
+        for row in rows:
+            if newer - row[7] > idle_after:
+                break
+            live.append(row)
+            newer = row[7]
+        live.reverse()
+        images = await self._images_of([row[0] for row in live])
+        return [_turn_from_row(row, images.get(row[0], ())) for row in live]
+
+    async def _images_of(self, turn_ids: list[int]) -> dict[int, tuple[str, ...]]:
+        if not turn_ids:
+            return {}
+        marks = ",".join("?" * len(turn_ids))
+        cursor = await self._db.execute(
+            f"SELECT turn_id, image_id FROM turn_images WHERE turn_id IN ({marks}) ORDER BY turn_id, position",
+            turn_ids,
+        )
+        found: dict[int, list[str]] = {}
+        for turn_id, image_id in await cursor.fetchall():
+            found.setdefault(turn_id, []).append(image_id)
+        return {turn_id: tuple(ids) for turn_id, ids in found.items()}
+
+    async def add_turn(self, key: ConversationKey, turn: Turn) -> None:
+        usage = turn.usage
+        cursor = await self._db.execute(
+            "INSERT INTO turns (chat_id, thread_id, role, author, text, prompt_tokens, completion_tokens, "
+            "total_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.chat_id,
+                key.thread_id,
+                turn.role,
+                turn.author,
+                turn.text,
+                usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+                usage.total_tokens if usage else None,
+                turn.created_at,
+            ),
+        )
+        await self._db.executemany(
+            "INSERT INTO turn_images (turn_id, position, image_id) VALUES (?, ?, ?)",
+            [(cursor.lastrowid, position, image_id) for position, image_id in enumerate(turn.image_ids)],
+        )
+        await self._db.commit()
+
+    async def clear(self, key: ConversationKey) -> None:
+        await self._db.execute(
+            "DELETE FROM turns WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id)
+        )
+        await self._delete_orphan_images(time.time())
+        await self._db.commit()
+
+    async def save_image(self, image: PreparedImage, *, now: float) -> None:
+        await self._db.execute(
+            "INSERT INTO images (image_id, mime, data, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (image_id) DO UPDATE SET created_at = excluded.created_at",
+            (image.image_id, image.mime, image.data, now),
+        )
+        await self._db.commit()
+
+    async def load_images(self, image_ids: Iterable[str]) -> dict[str, PreparedImage]:
+        wanted = list(dict.fromkeys(image_ids))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        cursor = await self._db.execute(
+            f"SELECT image_id, mime, data FROM images WHERE image_id IN ({marks})", wanted
+        )
+        return {row[0]: PreparedImage(image_id=row[0], mime=row[1], data=row[2]) for row in await cursor.fetchall()}
+
+    async def prune(self, *, older_than: float) -> int:
+        cursor = await self._db.execute("DELETE FROM turns WHERE created_at < ?", (older_than,))
+        deleted = cursor.rowcount
+        await self._delete_orphan_images(time.time())
+        await self._db.commit()
+        return deleted
+
+    async def _delete_orphan_images(self, now: float) -> None:
+        await self._db.execute(
+            "DELETE FROM images WHERE created_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM turn_images WHERE turn_images.image_id = images.image_id)",
+            (now - _ORPHAN_GRACE_SECONDS,),
+        )
+
+
+async def migrate(connection: aiosqlite.Connection) -> int:
+    """Apply the migrations this database has not seen yet; returns the resulting version."""
+    cursor = await connection.execute("PRAGMA user_version")
+    row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"database schema version {version} is newer than this bot ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)
+
+
+def _turn_from_row(row: aiosqlite.Row, image_ids: tuple[str, ...]) -> Turn:
+    _, role, author, text, prompt_tokens, completion_tokens, total_tokens, created_at = row
+    usage = None
+    if total_tokens is not None:
+        usage = Usage(prompt_tokens or 0, completion_tokens or 0, total_tokens)
+    return Turn(role=role, text=text, created_at=created_at, image_ids=image_ids, author=author, usage=usage)

@@ -1,0 +1,1 @@
+"""HTTP clients for outside services (no Telegram types here)."""

@@ -1,0 +1,1 @@
+"""Use cases: answering questions about images, streaming replies, keeping conversations."""

@@ -1,0 +1,110 @@
+"""The main use case: a question (maybe with images) in, a streamed answer out, the exchange remembered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from bot.clients.vision import VisionClient
+from bot.errors import ImageError, VisionError
+from bot.models import ConversationKey, PreparedImage, Turn
+from bot.services.alerts import OperatorAlerts
+from bot.services.context import ConversationContext
+from bot.services.downloads import ImageFetcher, ImageRef
+from bot.services.streaming import ReplyStream, ReplyStreamer, ReplyTarget
+from bot.texts import Language, error_text, text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    key: ConversationKey
+    target: ReplyTarget
+    text: str
+    language: Language
+    author: str | None = None
+    images: tuple[ImageRef, ...] = ()
+
+
+class AnswerService:
+    def __init__(self, *, vision: VisionClient, context: ConversationContext, streamer: ReplyStreamer,
+                 fetcher: ImageFetcher, alerts: OperatorAlerts) -> None:
+        self._vision = vision
+        self._context = context
+        self._streamer = streamer
+        self._fetcher = fetcher
+        self._alerts = alerts
+
+    async def answer(self, question: Question) -> None:
+        stream = self._streamer.open(question.target)
+        answer = _Answer()
+        try:
+            await self._answer(question, stream, answer)
+        except ImageError as exc:
+            log.info("image unusable in chat %s: %s", question.key.chat_id, exc)
+            await stream.finish_plain(error_text(exc.kind, question.language))
+        except VisionError as exc:
+            await self._alerts.report(exc, chat_id=question.key.chat_id)
+            await self._close_failed(question, stream, answer, error_text(exc.kind, question.language))
+        except asyncio.CancelledError:
+            note = text("cut_off", question.language) if answer.text else error_text("interrupted",
+                                                                                     question.language)
+            await self._close_failed(question, stream, answer, note)
+            raise
+        finally:
+            await stream.close()
+
+    async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
+        images = [await self._fetcher.fetch(ref) for ref in question.images]
+        answer.question = self._question_turn(question, images)
+        history = await self._context.history(question.key)
+        prompt = await self._context.prompt(history, answer.question, images)
+        started = time.monotonic()
+        async with self._vision.complete(prompt) as completion:
+            async for delta in completion:
+                answer.parts.append(delta)
+                stream.push(answer.text)
+                if stream.gone:
+                    log.info("chat %s stopped showing the answer; closing the provider stream", question.key.chat_id)
+                    break
+        await stream.finish(answer.text)
+        log.info("answered chat=%s request_id=%s tokens=%s latency_ms=%.0f", question.key.chat_id,
+                 completion.request_id, completion.usage.total_tokens if completion.usage else "?",
+                 (time.monotonic() - started) * 1e3)
+        await self._context.record(
+            question.key,
+            answer.question,
+            Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
+        )
+
+    def _question_turn(self, question: Question, images: list[PreparedImage]) -> Turn:
+        return Turn(role="user", text=question.text, created_at=self._context.now(),
+                    image_ids=tuple(image.image_id for image in images), author=question.author)
+
+    async def _close_failed(self, question: Question, stream: ReplyStream, answer: _Answer, note: str) -> None:
+        """Show what was written plus a note (or just the note), and remember the question with its images."""
+        if answer.text:
+            await stream.finish(f"{answer.text}\n\n⚠️ {note}")
+        else:
+            await stream.finish_plain(note)
+        if answer.question is None:
+            return
+        turns = [answer.question]
+        if answer.text:
+            turns.append(Turn(role="assistant", text=answer.text, created_at=self._context.now()))
+        await self._context.record(question.key, *turns)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What an answer has produced so far, so a failure can keep it."""
+
+    question: Turn | None = None
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)

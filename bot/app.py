@@ -1,0 +1,130 @@
+"""The application factory: builds every dependency once, wires them into aiogram, runs, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommandScopeDefault
+
+from bot.clients.vision import VisionClient, VisionConfig
+from bot.config import Settings
+from bot.handlers import build_router
+from bot.handlers.commands import bot_commands
+from bot.handlers.middlewares import ChatOrderMiddleware
+from bot.services.alerts import OperatorAlerts
+from bot.services.answering import AnswerService
+from bot.services.context import ContextLimits, ConversationContext
+from bot.services.downloads import ImageFetcher
+from bot.services.ordering import ChatQueue
+from bot.services.pacing import UpdatePacer
+from bot.services.streaming import ReplyStreamer
+from bot.storage.sqlite import SqliteConversationStore
+from bot.texts import LANGUAGES
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CONNECT_TIMEOUT = 15.0
+
+
+def create_bot(settings: Settings) -> Bot:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    return Bot(settings.bot_token.get_secret_value(), session=session)
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(settings.vision_timeout, connect=PROVIDER_CONNECT_TIMEOUT)
+    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                             headers={"User-Agent": "vision-bot/0.1"})
+
+
+def vision_config(settings: Settings) -> VisionConfig:
+    return VisionConfig(
+        base_url=settings.vision_base_url,
+        api_key=settings.vision_api_key.get_secret_value(),
+        model=settings.vision_model,
+        max_tokens=settings.vision_max_tokens,
+        temperature=settings.vision_temperature,
+        timeout=settings.vision_timeout,
+    )
+
+
+def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
+                      store: SqliteConversationStore) -> Dispatcher:
+    """Every service is built here and handed to handlers as workflow data; nothing global."""
+    context = ConversationContext(
+        store,
+        ContextLimits(
+            max_turns=settings.context_max_turns,
+            max_images=settings.context_max_images,
+            idle_seconds=settings.context_ttl,
+            max_images_per_request=settings.vision_max_images_per_request,
+        ),
+        system_prompt=settings.vision_system_prompt,
+    )
+    streamer = ReplyStreamer(bot, UpdatePacer(), settings.stream_mode)
+    answers = AnswerService(
+        vision=VisionClient(http, vision_config(settings)),
+        context=context,
+        streamer=streamer,
+        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes),
+        alerts=OperatorAlerts(bot, settings.admin_ids),
+    )
+    queue = ChatQueue()
+    dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue)
+    dispatcher.update.outer_middleware(ChatOrderMiddleware(queue))
+    dispatcher.include_router(build_router())
+    dispatcher.startup.register(_on_startup)
+    dispatcher.shutdown.register(_on_shutdown)
+    return dispatcher
+
+
+async def _on_startup(bot: Bot, context: ConversationContext) -> None:
+    await bot.delete_webhook(drop_pending_updates=False)
+    for language in LANGUAGES:
+        await bot.set_my_commands(bot_commands(language), scope=BotCommandScopeDefault(),
+                                  language_code=None if language == "en" else language)
+    pruned = await context.prune()
+    log.info("ready; pruned %d expired turn(s)", pruned)
+
+
+async def _on_shutdown(settings: Settings, chat_queue: ChatQueue) -> None:
+    await chat_queue.drain(settings.shutdown_grace)
+
+
+class BotApp:
+    """`python -m bot` and the end-to-end tests run exactly this."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dispatcher: Dispatcher | None = None
+        self._started = asyncio.Event()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        async with AsyncExitStack() as stack:
+            http = await stack.enter_async_context(create_http_client(self.settings))
+            store = await SqliteConversationStore.open(self.settings.database_path)
+            stack.push_async_callback(store.close)
+            bot = create_bot(self.settings)
+            stack.push_async_callback(bot.session.close)
+            self.dispatcher = create_dispatcher(self.settings, bot, http, store)
+            self.dispatcher.startup.register(self._mark_started)
+            await self.dispatcher.start_polling(bot, handle_signals=handle_signals, close_bot_session=False,
+                                                allowed_updates=self.dispatcher.resolve_used_update_types())
+        log.info("stopped")
+
+    async def _mark_started(self, **_: Any) -> None:
+        self._started.set()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def stop(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop_polling()

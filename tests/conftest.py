@@ -1,0 +1,105 @@
+"""Shared fixtures: the two loopback fakes and the real bot application wired to them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from bot.app import BotApp
+from bot.config import Settings, load_settings
+from tests.fakes.telegram_server import FakeTelegram
+from tests.fakes.vision_server import FakeVision
+
+API_KEY = "sk-test-key-123"
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    fake = FakeTelegram()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def vision() -> AsyncIterator[FakeVision]:
+    fake = FakeVision(api_key=API_KEY)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, telegram: FakeTelegram, vision: FakeVision) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "bot_token": telegram.token,
+            "telegram_api_url": telegram.base_url,
+            "vision_base_url": vision.base_url,
+            "vision_api_key": API_KEY,
+            "database_url": f"sqlite:///{tmp_path / 'data' / 'bot.sqlite3'}",
+            "shutdown_grace": 5.0,
+        }
+        values.update(overrides)
+        return load_settings(_env_file=None, **values)
+
+    return build
+
+
+class RunningBot:
+    """The application exactly as `python -m bot` runs it, minus the process and its signal handlers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = BotApp(settings)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.app.run(handle_signals=False))
+        started = asyncio.create_task(self.app.wait_started())
+        done, _ = await asyncio.wait({self._task, started}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            started.cancel()
+            self._task.result()
+        assert started in done, "bot did not start within 10 s"
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        if not self._task.done():
+            await self.app.stop()
+        await asyncio.wait_for(self._task, timeout=30)
+        self._task = None
+
+
+@pytest.fixture
+async def start_bot(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_bot(**settings)` starts a bot; every bot started is stopped after the test."""
+    running: list[RunningBot] = []
+
+    async def start(**overrides: Any) -> RunningBot:
+        bot = RunningBot(make_settings(**overrides))
+        await bot.start()
+        running.append(bot)
+        return bot
+
+    yield start
+    for bot in running:
+        await bot.stop()
+
+
+def make_photo(width: int = 1280, height: int = 960, color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    """A JPEG with some structure (so downscaling and re-encoding are real work)."""
+    image = Image.new("RGB", (width, height), color)
+    draw = ImageDraw.Draw(image)
+    for step in range(0, width, 64):
+        draw.line([(step, 0), (width - step, height)], fill=(255, 255 - step % 256, 0), width=5)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()

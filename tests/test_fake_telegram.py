@@ -26,6 +26,8 @@ from aiogram.types import (
     MessageEntity,
     ReplyParameters,
 )
+from PIL import Image
+
 from tests.fakes.telegram_server import (
     ApiError,
     FakeTelegram,
@@ -35,7 +37,6 @@ from tests.fakes.telegram_server import (
     parse_formatted,
     private_chat,
 )
-from PIL import Image
 
 USER = make_user()
 CHAT = private_chat(USER)

@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
+from httpx_sse import aconnect_sse
+from PIL import Image
+
 from tests.fakes.vision_server import (
     SEED_KEY_ERROR,
     FakeVision,
@@ -19,8 +22,6 @@ from tests.fakes.vision_server import (
     json_reply,
     stream_reply,
 )
-from httpx_sse import aconnect_sse
-from PIL import Image
 
 KEY = "sk-test-key-123"
 

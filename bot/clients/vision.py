@@ -156,7 +156,8 @@ class VisionClient:
     async def _send(self, stack: AsyncExitStack, body: dict[str, Any]) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {self._config.api_key}",
-            "Accept": "text/event-stream" if self._config.stream else "application/json",
+            # Some relays insist on application/json even for streams (seed 003); offer both.
+            "Accept": "text/event-stream, application/json" if self._config.stream else "application/json",
         }
         try:
             return await stack.enter_async_context(self._http.stream("POST", self._url, json=body, headers=headers))

@@ -47,8 +47,8 @@ class AnswerService:
             log.info("image unusable in chat %s: %s", question.key.chat_id, exc)
             await stream.finish_plain(error_text(exc.kind, question.language))
         except VisionError as exc:
-            await self._alerts.report(exc, chat_id=question.key.chat_id)
             await self._close_failed(question, stream, answer, error_text(exc.kind, question.language))
+            await self._alerts.report(exc, chat_id=question.key.chat_id)
         except asyncio.CancelledError:
             note = text("cut_off", question.language) if answer.text else error_text("interrupted",
                                                                                      question.language)

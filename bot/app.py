@@ -14,14 +14,16 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommandScopeDefault
 
 from bot.clients.vision import VisionClient, VisionConfig
-from bot.config import Settings
+from bot.config import ImageDetail, ImageFormat, Settings
 from bot.handlers import build_router
 from bot.handlers.commands import bot_commands
 from bot.handlers.middlewares import ChatOrderMiddleware
 from bot.services.alerts import OperatorAlerts
 from bot.services.answering import AnswerService
 from bot.services.context import ContextLimits, ConversationContext
+from bot.services.diagnostics import Finding, check_provider, check_telegram
 from bot.services.downloads import ImageFetcher
+from bot.services.images import ImageTarget
 from bot.services.ordering import ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
@@ -52,7 +54,18 @@ def vision_config(settings: Settings) -> VisionConfig:
         max_tokens=settings.vision_max_tokens,
         temperature=settings.vision_temperature,
         timeout=settings.vision_timeout,
+        stream=settings.vision_stream,
+        image_detail=settings.vision_image_detail.value if settings.vision_image_detail else None,
+        raw_base64_images=settings.vision_image_format is ImageFormat.RAW_BASE64,
+        extra_body=settings.vision_extra_body,
     )
+
+
+def image_target(settings: Settings) -> ImageTarget:
+    """`low` detail: the provider looks at 512 px at most, so sending more only costs upload time."""
+    if settings.vision_image_detail is ImageDetail.LOW:
+        return ImageTarget(long_side=512, short_side=512)
+    return ImageTarget()
 
 
 def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
@@ -73,7 +86,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
         vision=VisionClient(http, vision_config(settings)),
         context=context,
         streamer=streamer,
-        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes),
+        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, target=image_target(settings)),
         alerts=OperatorAlerts(bot, settings.admin_ids),
     )
     queue = ChatQueue()
@@ -96,6 +109,18 @@ async def _on_startup(bot: Bot, context: ConversationContext) -> None:
 
 async def _on_shutdown(settings: Settings, chat_queue: ChatQueue) -> None:
     await chat_queue.drain(settings.shutdown_grace)
+
+
+async def run_checks(settings: Settings) -> list[Finding]:
+    """The same clients the bot uses, asked once each."""
+    async with create_http_client(settings) as http:
+        bot = create_bot(settings)
+        try:
+            findings = await check_telegram(bot)
+        finally:
+            await bot.session.close()
+        findings += await check_provider(VisionClient(http, vision_config(settings)))
+    return findings
 
 
 class BotApp:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -14,6 +15,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class StreamMode(StrEnum):
     AUTO = "auto"
     EDIT = "edit"
+
+
+class ImageDetail(StrEnum):
+    AUTO = "auto"
+    LOW = "low"
+    HIGH = "high"
+
+
+class ImageFormat(StrEnum):
+    DATA_URL = "data_url"
+    RAW_BASE64 = "raw_base64"
+
+
+# Fields the bot itself must control; VISION_EXTRA_BODY may add or override anything else.
+RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
 
 
 class Settings(BaseSettings):
@@ -32,6 +48,10 @@ class Settings(BaseSettings):
     vision_timeout: float = Field(default=120.0, gt=0, description="seconds without a byte from the provider")
     vision_system_prompt: str | None = None
     vision_max_images_per_request: int = Field(default=1, ge=1, le=20)
+    vision_image_detail: ImageDetail | None = None
+    vision_image_format: ImageFormat = ImageFormat.DATA_URL
+    vision_stream: bool = True
+    vision_extra_body: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
 
     database_url: str = "sqlite:///data/bot.sqlite3"
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
@@ -50,6 +70,23 @@ class Settings(BaseSettings):
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(";", ",").split(",") if part.strip())
+        return value
+
+    @field_validator("vision_extra_body", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object, e.g. {\"top_p\": 0.9}")  # noqa: TRY004 - pydantic wants ValueError
+        reserved = RESERVED_BODY_FIELDS & value.keys()
+        if reserved:
+            raise ValueError(f"may not set {', '.join(sorted(reserved))} (the bot controls them)")
         return value
 
     @field_validator("vision_base_url", "telegram_api_url")

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,9 @@ class VisionConfig:
     temperature: float | None = None
     timeout: float = 120.0
     stream: bool = True
+    image_detail: str | None = None
+    raw_base64_images: bool = False
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
     rate_limit_attempts: int = 3
     max_retry_wait: float = 20.0
     unavailable_retries: int = 1
@@ -75,6 +78,10 @@ class VisionClient:
     def config(self) -> VisionConfig:
         return self._config
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self._http
+
     @asynccontextmanager
     async def complete(self, messages: Sequence[PromptMessage]) -> AsyncIterator[Completion]:
         """Send the request, retrying where it helps, and yield the answer as it streams.
@@ -85,10 +92,10 @@ class VisionClient:
         async with AsyncExitStack() as stack:
             response, parsed = await self._send_with_retries(stack, body)
             completion = Completion(request_id=request_id_of(response.headers, None))
-            if parsed is None:
-                completion.deltas = self._sse_deltas(completion, response)
-            else:
+            if isinstance(parsed, dict):
                 completion.deltas = self._json_deltas(completion, parsed, response)
+            else:
+                completion.deltas = self._sse_deltas(completion, response, parsed or _EndTerminated(response))
             yield completion
 
     def build_body(self, messages: Sequence[PromptMessage]) -> dict[str, Any]:
@@ -103,6 +110,7 @@ class VisionClient:
             body["stream_options"] = {"include_usage": True}
         if config.temperature is not None:
             body["temperature"] = config.temperature
+        body.update(config.extra_body)
         return body
 
     def _wire_message(self, message: PromptMessage) -> dict[str, Any]:
@@ -111,11 +119,17 @@ class VisionClient:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}]
         for image in message.images:
             encoded = base64.b64encode(image.data).decode("ascii")
-            parts.append({"type": "image_url", "image_url": {"url": f"data:{image.mime};base64,{encoded}"}})
+            # Zhipu's own API wants bare base64; everyone else a data URL.
+            image_url: dict[str, Any] = {
+                "url": encoded if self._config.raw_base64_images else f"data:{image.mime};base64,{encoded}"
+            }
+            if self._config.image_detail:
+                image_url["detail"] = self._config.image_detail
+            parts.append({"type": "image_url", "image_url": image_url})
         return {"role": message.role, "content": parts}
 
-    async def _send_with_retries(self, stack: AsyncExitStack,
-                                 body: dict[str, Any]) -> tuple[httpx.Response, dict[str, Any] | None]:
+    async def _send_with_retries(self, stack: AsyncExitStack, body: dict[str, Any]
+                                 ) -> tuple[httpx.Response, dict[str, Any] | _BufferedEvents | None]:
         """The open response, and its parsed body unless it is an event stream still to be read."""
         rate_limited = 0
         unavailable = 0
@@ -166,12 +180,14 @@ class VisionClient:
         except httpx.TransportError as exc:
             raise errors.UnavailableError(f"cannot reach the provider: {type(exc).__name__}") from exc
 
-    async def _parsed_unless_stream(self, response: httpx.Response) -> dict[str, Any] | None:
+    async def _parsed_unless_stream(self, response: httpx.Response) -> dict[str, Any] | _BufferedEvents | None:
         """Errors are found before any text: a non-2xx status, or a JSON body without `choices`."""
         if _is_event_stream(response) and response.is_success:
             return None
         limit = _MAX_JSON_BODY_BYTES if response.is_success else _MAX_ERROR_BODY_BYTES
         raw = await _read_bounded(response, limit)
+        if response.is_success and raw.lstrip().startswith(("data:", ": ")):
+            return _BufferedEvents(response.headers, raw)  # an event stream with the wrong content type
         body = parse_body(raw)
         error = classify(response.status_code, response.headers, body, raw)
         if error is not None:
@@ -191,10 +207,11 @@ class VisionClient:
             yield content
         self._check_ending(completion, done=True, response=response)
 
-    async def _sse_deltas(self, completion: Completion, response: httpx.Response) -> AsyncIterator[str]:
+    async def _sse_deltas(self, completion: Completion, response: httpx.Response,
+                          source: _EndTerminated | _BufferedEvents) -> AsyncIterator[str]:
         done = False
         try:
-            async for event in EventSource(_EndTerminated(response)).aiter_sse():  # type: ignore[arg-type]
+            async for event in EventSource(source).aiter_sse():  # type: ignore[arg-type]
                 data = event.data.strip()
                 if not data:
                     continue
@@ -266,6 +283,18 @@ class _EndTerminated:
     async def aiter_text(self) -> AsyncIterator[str]:
         async for text in self._response.aiter_text():
             yield text
+        yield "\n\n"
+
+
+class _BufferedEvents:
+    """An event stream already read into memory (it came labelled as JSON or plain text)."""
+
+    def __init__(self, headers: httpx.Headers, text: str) -> None:
+        self.headers = httpx.Headers({**headers, "content-type": "text/event-stream"})
+        self._text = text
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        yield self._text
         yield "\n\n"
 
 

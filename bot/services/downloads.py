@@ -41,13 +41,15 @@ class ImageFetcher:
         self._target = target
 
     async def fetch(self, ref: ImageRef) -> PreparedImage:
-        cached = await self._context.cached_image(ref.file_unique_id)
+        # The same file prepared for another target (VISION_IMAGE_DETAIL changed) is another image.
+        image_id = f"{ref.file_unique_id}@{self._target.long_side}x{self._target.short_side}"
+        cached = await self._context.cached_image(image_id)
         if cached is not None:
             return cached
         if ref.file_size is not None and ref.file_size > self._max_bytes:
             raise ImageTooLargeError(f"file is {ref.file_size} bytes")
         data = await self._download(ref)
-        prepared = await prepare_image_async(data, ref.file_unique_id, self._target)
+        prepared = await prepare_image_async(data, image_id, self._target)
         await self._context.keep_image(prepared)
         return prepared
 

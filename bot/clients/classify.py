@@ -97,16 +97,33 @@ _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-oneapi-request-id", "x-n
 
 
 def parse_body(text: str) -> Any:
-    """JSON, JSON inside a JSON string (seed 002 documents its 200 body as a string), else the text itself."""
+    """JSON; JSON inside a JSON string; else a completion salvaged from `"content": "..."` in the text.
+
+    Seed 002 documents its HTTP 200 body as a string "to be searched with a regular expression".
+    """
     value: Any = text
     for _ in range(2):
         if not isinstance(value, str):
-            break
+            return value
         try:
             value = json.loads(value)
         except ValueError:
             break
-    return value
+    return _salvage_completion(value) if isinstance(value, str) else value
+
+
+_CONTENT_FIELD = re.compile(r'"content"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _salvage_completion(text: str) -> Any:
+    match = _CONTENT_FIELD.search(text)
+    if match is None:
+        return text
+    try:
+        content = json.loads(f'"{match.group(1)}"')
+    except ValueError:
+        return text
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
 def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.VisionError | None:
@@ -116,6 +133,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
         return None
     error_class = (
         _class_from_body(body)
+        or _class_from_relay_code_in(_message_of(body, raw))
         or _class_from_status(status)
         or _class_from_message(_message_of(body, raw))
         or (errors.RateLimitError if status == 429 else errors.BadRequestError)
@@ -166,6 +184,15 @@ def _class_from_body(body: Any) -> type[errors.VisionError] | None:
     if code is not None and str(code) in _ERROR_CODES:
         return _ERROR_CODES[str(code)]
     return None
+
+
+# A proxy in between (LiteLLM) reports a relay's HTTP-200 error as a 500 quoting the raw body.
+_EMBEDDED_RELAY_CODE = re.compile(r"""['"]codes['"]\s*:\s*['"]?(\d+)""")
+
+
+def _class_from_relay_code_in(message: str) -> type[errors.VisionError] | None:
+    match = _EMBEDDED_RELAY_CODE.search(message)
+    return _RELAY_CODES.get(int(match.group(1))) if match else None
 
 
 def _refine_rate_limit(found: type[errors.VisionError], error: dict[str, Any]) -> type[errors.VisionError]:

@@ -39,6 +39,10 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "(answer cut off)",
         "zh": "（回答被中断）",
     },
+    "length_limit": {
+        "en": "The answer reached its length limit. Ask me to continue.",
+        "zh": "回答已达到长度上限。可以让我继续。",
+    },
     "commands.start": {"en": "Start and see what I can do", "zh": "开始使用"},
     "commands.help": {"en": "How to use the bot", "zh": "使用帮助"},
     "commands.reset": {"en": "Forget this conversation", "zh": "清除当前对话"},

@@ -7,9 +7,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from bot.clients.vision import VisionClient
-from bot.errors import ImageError, VisionError
-from bot.models import ConversationKey, PreparedImage, Turn
+from bot.clients.vision import Completion, VisionClient
+from bot.errors import ContextTooLongError, ImageError, VisionError
+from bot.models import ConversationKey, PreparedImage, PromptMessage, Turn
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
@@ -17,6 +17,9 @@ from bot.services.streaming import ReplyStream, ReplyStreamer, ReplyTarget
 from bot.texts import Language, error_text, text
 
 log = logging.getLogger(__name__)
+
+# When the conversation no longer fits the model, keep only the last question and answer.
+_KEPT_ON_OVERFLOW = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +64,21 @@ class AnswerService:
         images = [await self._fetcher.fetch(ref) for ref in question.images]
         answer.question = self._question_turn(question, images)
         history = await self._context.history(question.key)
-        prompt = await self._context.prompt(history, answer.question, images)
         started = time.monotonic()
-        async with self._vision.complete(prompt) as completion:
-            async for delta in completion:
-                answer.parts.append(delta)
-                stream.push(answer.text)
-                if stream.gone:
-                    log.info("chat %s stopped showing the answer; closing the provider stream", question.key.chat_id)
-                    break
-        await stream.finish(answer.text)
+        try:
+            completion = await self._stream(await self._context.prompt(history, answer.question, images), stream,
+                                            answer)
+        except ContextTooLongError:
+            if answer.text or len(history) <= _KEPT_ON_OVERFLOW:
+                raise
+            log.info("context too long in chat %s; retrying with the last exchange only", question.key.chat_id)
+            trimmed = history[-_KEPT_ON_OVERFLOW:]
+            completion = await self._stream(await self._context.prompt(trimmed, answer.question, images), stream,
+                                            answer)
+        final = answer.text
+        if completion.finish_reason == "length":
+            final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"
+        await stream.finish(final)
         log.info("answered chat=%s request_id=%s tokens=%s latency_ms=%.0f", question.key.chat_id,
                  completion.request_id, completion.usage.total_tokens if completion.usage else "?",
                  (time.monotonic() - started) * 1e3)
@@ -79,6 +87,16 @@ class AnswerService:
             answer.question,
             Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
         )
+
+    async def _stream(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion:
+        async with self._vision.complete(prompt) as completion:
+            async for delta in completion:
+                answer.parts.append(delta)
+                stream.push(answer.text)
+                if stream.gone:
+                    log.info("the chat stopped showing the answer; closing the provider stream")
+                    break
+        return completion
 
     def _question_turn(self, question: Question, images: list[PreparedImage]) -> Turn:
         return Turn(role="user", text=question.text, created_at=self._context.now(),

@@ -1,4 +1,4 @@
-"""`python -m bot`: load settings, set up logging, run until SIGTERM/SIGINT."""
+"""`python -m bot`: load settings, set up logging, run until SIGTERM/SIGINT. `python -m bot check` diagnoses."""
 
 from __future__ import annotations
 
@@ -7,15 +7,22 @@ import sys
 
 from aiogram.exceptions import TelegramUnauthorizedError
 
-from bot.app import BotApp
-from bot.config import SettingsError, load_settings
+from bot.app import BotApp, run_checks
+from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
-def main() -> int:
+USAGE = "usage: python -m bot [check]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["check"]):
+        print(USAGE, file=sys.stderr)
+        return EXIT_CONFIG
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -23,6 +30,8 @@ def main() -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level,
                   [settings.bot_token.get_secret_value(), settings.vision_api_key.get_secret_value()])
+    if args == ["check"]:
+        return check(settings)
     try:
         asyncio.run(BotApp(settings).run())
     except TelegramUnauthorizedError:
@@ -31,6 +40,15 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def check(settings: Settings) -> int:
+    findings = asyncio.run(run_checks(settings))
+    for finding in findings:
+        print(finding.line())
+    failed = [finding for finding in findings if not finding.ok]
+    print("all checks passed" if not failed else f"{len(failed)} problem(s) found")
+    return EXIT_FAILURE if failed else 0
 
 
 if __name__ == "__main__":

@@ -272,8 +272,8 @@ async def test_provider_error_becomes_a_friendly_message(telegram, vision, start
     texts = await answered(telegram, LI["id"])
 
     assert texts == ["机器人的 AI 额度已用完。已通知管理员，请稍后再试。"]
-    alert = telegram.calls_to("sendMessage", 777)
-    assert alert and "quota" in alert[0].params["text"]
+    await telegram.wait_for(lambda: telegram.calls_to("sendMessage", 777))
+    assert "quota" in telegram.calls_to("sendMessage", 777)[0].params["text"]
     assert "codes" not in texts[0]
 
 

@@ -48,7 +48,7 @@ def test_each_bad_setting_is_named_in_one_line_with_exit_code_2(tmp_path, monkey
     for key, value in ({k: v for k, v in REQUIRED.items() if k != missing} | extra).items():
         monkeypatch.setenv(key, value)
 
-    assert main() == 2
+    assert main([]) == 2
 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

@@ -56,8 +56,10 @@ class ConversationContext:
         messages: list[PromptMessage] = []
         if self._system_prompt:
             messages.append(PromptMessage(role="system", text=self._system_prompt))
-        for turn in history:
-            images = tuple(stored[image_id] for image_id in turn.image_ids if image_id in stored)
+        newest_turn_of = {image_id: index for index, turn in enumerate(history) for image_id in turn.image_ids}
+        for index, turn in enumerate(history):
+            images = tuple(stored[image_id] for image_id in turn.image_ids
+                           if image_id in stored and newest_turn_of[image_id] == index)
             messages.append(_message_for(turn, images))
         messages.append(_message_for(question, tuple(attached_now)))
         return _merge_same_roles(messages)

@@ -43,12 +43,23 @@ def render_plain(text: str) -> list[RenderedText]:
 
 
 def split_markdown(markdown: str, budget: int = MARKDOWN_PART_BUDGET) -> list[str]:
-    """Greedy packing of blocks into parts of at most `budget` UTF-16 units; oversized blocks are cut by lines."""
+    """Greedy packing of blocks into parts of at most `budget` UTF-16 units; oversized blocks are cut by lines.
+
+    A part followed by another never changes as the answer grows (the streamer sends it as final): blocks are
+    only appended, and a block too big for one part always starts a part of its own.
+    """
     parts: list[str] = []
     current: list[str] = []
     size = 0
-    for block in _fit_blocks(_blocks(markdown), budget):
+    for block in _blocks(markdown):
         block_size = utf16_len(block)
+        if block_size > budget:
+            if current:
+                parts.append("\n\n".join(current))
+            *whole, last = _cut_block(block, budget)
+            parts.extend(whole)
+            current, size = [last], utf16_len(last)
+            continue
         if current and size + 2 + block_size > budget:
             parts.append("\n\n".join(current))
             current, size = [], 0
@@ -65,11 +76,7 @@ def _blocks(markdown: str) -> list[str]:
     lines: list[str] = []
     fence: str | None = None
     for line in markdown.split("\n"):
-        marker = _fence_marker(line)
-        if fence is None and marker:
-            fence = marker
-        elif fence is not None and marker == fence and line.strip() == fence:
-            fence = None
+        fence = _fence_after(fence, line)
         if fence is None and not line.strip():
             if lines:
                 blocks.append("\n".join(lines))
@@ -81,40 +88,34 @@ def _blocks(markdown: str) -> list[str]:
     return blocks
 
 
-def _fit_blocks(blocks: list[str], budget: int) -> list[str]:
-    fitted: list[str] = []
-    for block in blocks:
-        if utf16_len(block) <= budget:
-            fitted.append(block)
-        else:
-            fitted.extend(_cut_block(block, budget))
-    return fitted
-
-
 def _cut_block(block: str, budget: int) -> list[str]:
-    """Cut by lines; inside a code fence, close it at the cut and reopen it after, so both halves render."""
+    """Cut by lines; a code fence open at a cut is closed there and reopened after, so both halves render."""
     lines = block.split("\n")
-    opener = lines[0] if _fence_marker(lines[0]) else None
-    closer = _fence_marker(opener) if opener else ""
-    reserve = utf16_len(opener or "") + len(closer) + 2
+    reserve = max((utf16_len(line) + 8 for line in lines if _fence_marker(line)), default=0)
     pieces: list[str] = []
     current: list[str] = []
     size = 0
+    opener: str | None = None
     for line in _cut_long_lines(lines, budget - reserve):
         line_size = utf16_len(line) + 1
-        if current and size + line_size > budget - reserve:
-            pieces.append(_close(current, closer))
+        closer = _fence_marker(opener) if opener else None
+        if current and size + line_size + (len(closer) + 1 if closer else 0) > budget:
+            pieces.append("\n".join([*current, closer] if closer else current))
             current, size = ([opener], utf16_len(opener) + 1) if opener else ([], 0)
         current.append(line)
         size += line_size
+        opener = _fence_after(opener, line)
     if current:
         pieces.append("\n".join(current))
     return pieces
 
 
-def _close(lines: list[str], closer: str) -> str:
-    text = "\n".join(lines)
-    return f"{text}\n{closer}" if closer else text
+def _fence_after(opener: str | None, line: str) -> str | None:
+    """The fence line still open after `line` (None outside code)."""
+    marker = _fence_marker(line)
+    if opener is None:
+        return line if marker else None
+    return None if line.strip() == _fence_marker(opener) else opener
 
 
 def _cut_long_lines(lines: list[str], limit: int) -> list[str]:

@@ -64,6 +64,9 @@ def _scale_for(size: tuple[int, int], target: ImageTarget) -> float:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Transparent areas become white, as most viewers show them, instead of JPEG's black."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and (image.getextrema()[1] or 0) > 255):
+        # 16-bit greyscale: a plain conversion clips everything above 255 to white.
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -21,10 +21,10 @@ from bot.handlers.middlewares import ChatOrderMiddleware
 from bot.services.alerts import OperatorAlerts
 from bot.services.answering import AnswerService
 from bot.services.context import ContextLimits, ConversationContext
-from bot.services.diagnostics import Finding, check_provider, check_telegram
+from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_provider, check_telegram
 from bot.services.downloads import ImageFetcher
 from bot.services.images import ImageTarget
-from bot.services.ordering import ChatQueue
+from bot.services.ordering import AlbumCollector, ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
 from bot.storage.sqlite import SqliteConversationStore
@@ -77,21 +77,23 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
             max_turns=settings.context_max_turns,
             max_images=settings.context_max_images,
             idle_seconds=settings.context_ttl,
-            max_images_per_request=settings.vision_max_images_per_request,
+            max_images_per_request=settings.max_images_per_request,
         ),
         system_prompt=settings.vision_system_prompt,
     )
     streamer = ReplyStreamer(bot, UpdatePacer(), settings.stream_mode)
+    target = image_target(settings)
     answers = AnswerService(
         vision=VisionClient(http, vision_config(settings)),
         context=context,
         streamer=streamer,
-        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, target=image_target(settings)),
+        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, target=target),
         alerts=OperatorAlerts(bot, settings.admin_ids),
     )
     queue = ChatQueue()
-    dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue)
-    dispatcher.update.outer_middleware(ChatOrderMiddleware(queue))
+    dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue,
+                            image_target=target)
+    dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
     dispatcher.include_router(build_router())
     dispatcher.startup.register(_on_startup)
     dispatcher.shutdown.register(_on_shutdown)
@@ -103,8 +105,11 @@ async def _on_startup(bot: Bot, context: ConversationContext) -> None:
     for language in LANGUAGES:
         await bot.set_my_commands(bot_commands(language), scope=BotCommandScopeDefault(),
                                   language_code=None if language == "en" else language)
+    me = await bot.me()
+    if not me.can_read_all_group_messages:
+        log.warning("@%s: %s", me.username, PRIVACY_MODE_WARNING)
     pruned = await context.prune()
-    log.info("ready; pruned %d expired turn(s)", pruned)
+    log.info("ready as @%s; pruned %d expired turn(s)", me.username, pruned)
 
 
 async def _on_shutdown(settings: Settings, chat_queue: ChatQueue) -> None:

@@ -28,6 +28,14 @@ class ImageFormat(StrEnum):
     RAW_BASE64 = "raw_base64"
 
 
+# Images per request by model-name prefix (longest first); other models get DEFAULT_IMAGES_PER_REQUEST.
+KNOWN_IMAGE_LIMITS: tuple[tuple[str, int], ...] = (
+    ("glm-4v-flash", 1),
+    ("glm-4v-plus", 5),
+    ("glm-4v", 1),
+)
+DEFAULT_IMAGES_PER_REQUEST = 10
+
 # Fields the bot itself must control; VISION_EXTRA_BODY may add or override anything else.
 RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
 
@@ -47,7 +55,7 @@ class Settings(BaseSettings):
     vision_temperature: float | None = Field(default=None, ge=0, le=2)
     vision_timeout: float = Field(default=120.0, gt=0, description="seconds without a byte from the provider")
     vision_system_prompt: str | None = None
-    vision_max_images_per_request: int = Field(default=1, ge=1, le=20)
+    vision_max_images_per_request: int | None = Field(default=None, ge=1, le=50)
     vision_image_detail: ImageDetail | None = None
     vision_image_format: ImageFormat = ImageFormat.DATA_URL
     vision_stream: bool = True
@@ -119,6 +127,17 @@ class Settings(BaseSettings):
         if not value.startswith("sqlite:///"):
             raise ValueError("only sqlite:///path/to/file.sqlite3 is supported")
         return value
+
+    @property
+    def max_images_per_request(self) -> int:
+        """VISION_MAX_IMAGES_PER_REQUEST, or what the model is known to accept."""
+        if self.vision_max_images_per_request is not None:
+            return self.vision_max_images_per_request
+        model = self.vision_model.lower()
+        for prefix, limit in KNOWN_IMAGE_LIMITS:
+            if model.startswith(prefix):
+                return limit
+        return DEFAULT_IMAGES_PER_REQUEST
 
     @property
     def database_path(self) -> Path:

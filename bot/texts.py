@@ -35,6 +35,15 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "Send me a photo first, then ask about it.",
         "zh": "请先发一张照片，再针对它提问。",
     },
+    "unsupported_file": {
+        "en": "I can only look at images: send a photo, or an image file (JPEG, PNG, WebP, GIF) or a static "
+        "sticker, and ask about it.",
+        "zh": "我只能看图片：请发送照片、图片文件（JPEG、PNG、WebP、GIF）或静态贴纸，然后提问。",
+    },
+    "images_capped": {
+        "en": "I looked at the first {kept} of your {total} images: this model takes at most {kept} per question.",
+        "zh": "您发送了 {total} 张图片，我只看了前 {kept} 张：该模型每次提问最多接受 {kept} 张。",
+    },
     "cut_off": {
         "en": "(answer cut off)",
         "zh": "（回答被中断）",

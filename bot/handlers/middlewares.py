@@ -1,4 +1,4 @@
-"""Per-chat ordering: one chat's updates are handled one after another, in the order they arrived."""
+"""Per-chat ordering and album collection, before any handler runs."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import TelegramObject, Update
+from aiogram.types import Message, TelegramObject, Update
 
-from bot.services.ordering import ChatQueue
+from bot.services.ordering import AlbumCollector, ChatQueue
 
 
 class ChatOrderMiddleware(BaseMiddleware):
-    """Registered on the update observer, so the turn is taken before anything else can suspend the task."""
+    """One chat's updates are handled one after another, in arrival order; an album arrives as one update.
 
-    def __init__(self, queue: ChatQueue) -> None:
+    Registered on the update observer, so the turn is taken before anything else can suspend the task. Album
+    items after the first join the first one's collection and stop here; the first reaches the handlers with
+    `album` (all items) in its data.
+    """
+
+    def __init__(self, queue: ChatQueue, albums: AlbumCollector[Message]) -> None:
         self._queue = queue
+        self._albums = albums
 
     async def __call__(
         self,
@@ -25,5 +31,11 @@ class ChatOrderMiddleware(BaseMiddleware):
     ) -> Any:
         if not isinstance(event, Update) or event.message is None:
             return await handler(event, data)
-        async with self._queue.turn(event.message.chat.id):
+        message = event.message
+        album_key = (message.chat.id, message.media_group_id) if message.media_group_id else None
+        if album_key is not None and self._albums.join(album_key, message):
+            return None
+        async with self._queue.turn(message.chat.id):
+            if album_key is not None:
+                data["album"] = await self._albums.complete(album_key)
             return await handler(event, data)

@@ -1,46 +1,93 @@
-"""Photos and follow-up texts in private chats become questions."""
+"""Messages that ask something: photos, albums, image files, stickers and texts, in private chats and groups.
+
+Private chats: everything is for the bot. Groups: only messages addressed to it (an @mention, a reply to
+one of its messages, or /ask); a photo nobody asked about costs nothing.
+"""
 
 from __future__ import annotations
 
-from aiogram import F, Router
-from aiogram.types import Message, PhotoSize
+from aiogram import Bot, F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
 
 from bot.handlers.common import conversation_key, reply_target, user_language
+from bot.handlers.inputs import (
+    attachments_of,
+    author_of,
+    mentions,
+    real_reply,
+    replies_to,
+    text_of,
+    without_mentions,
+)
 from bot.services.answering import AnswerService, Question
-from bot.services.downloads import ImageRef
-from bot.services.images import smallest_sufficient
+from bot.services.images import ImageTarget
 from bot.texts import text
+
+GROUP_TYPES = {"group", "supergroup"}
 
 
 def create_router() -> Router:
     router = Router(name="questions")
-    router.message.filter(F.chat.type == "private")
-    router.message.register(on_photo, F.photo)
-    router.message.register(on_text, F.text)
+    router.message.register(on_private_message, F.chat.type == "private")
+    router.message.register(on_ask_command, F.chat.type.in_(GROUP_TYPES), Command("ask"))
+    router.message.register(on_group_message, F.chat.type.in_(GROUP_TYPES), addressed_to_bot)
     return router
 
 
-async def on_photo(message: Message, answers: AnswerService) -> None:
+async def addressed_to_bot(message: Message, bot: Bot, album: list[Message] | None = None) -> bool:
+    if message.from_user is not None and message.from_user.is_bot:
+        return False
+    me = await bot.me()
+    return replies_to(message, me) or any(mentions(item, me) for item in album or [message])
+
+
+async def on_private_message(message: Message, answers: AnswerService, image_target: ImageTarget,
+                             album: list[Message] | None = None) -> None:
+    items = album or [message]
+    found = attachments_of(items, image_target)
+    reply = real_reply(message)
+    if not found.images and not found.unsupported and reply is not None:
+        found = attachments_of([reply], image_target)
+    question = text_of(items)
+    if not found.images and (found.unsupported or not question):
+        await message.answer(text("unsupported_file", user_language(message)), parse_mode=None)
+        return
+    await answers.answer(_question(message, question, found.images, author=None))
+
+
+async def on_group_message(message: Message, bot: Bot, answers: AnswerService, image_target: ImageTarget,
+                           album: list[Message] | None = None) -> None:
+    me = await bot.me()
+    items = album or [message]
+    question = next((without_mentions(item, me) for item in items if mentions(item, me)), text_of(items))
+    await _ask_in_group(message, question, items, answers, image_target)
+
+
+async def on_ask_command(message: Message, command: CommandObject, answers: AnswerService,
+                         image_target: ImageTarget, album: list[Message] | None = None) -> None:
+    await _ask_in_group(message, (command.args or "").strip(), album or [message], answers, image_target)
+
+
+async def _ask_in_group(message: Message, question: str, items: list[Message], answers: AnswerService,
+                        image_target: ImageTarget) -> None:
+    """A file we cannot read gets silence in a group: the bot must not chatter where people talk."""
+    found = attachments_of(items, image_target)
+    reply = real_reply(message)
+    if not found.images and reply is not None:
+        found = attachments_of([reply], image_target)
+    if not found.images and (found.unsupported or not question):
+        return
+    await answers.answer(_question(message, question, found.images, author=author_of(message)))
+
+
+def _question(message: Message, question: str, images: list, author: str | None) -> Question:
     language = user_language(message)
-    question = message.caption or text("default_question", language)
-    await answers.answer(_question(message, question, images=(_photo_ref(message.photo or []),)))
-
-
-async def on_text(message: Message, answers: AnswerService) -> None:
-    await answers.answer(_question(message, message.text or ""))
-
-
-def _question(message: Message, question: str, images: tuple[ImageRef, ...] = ()) -> Question:
     return Question(
         key=conversation_key(message),
         target=reply_target(message),
-        text=question,
-        language=user_language(message),
-        author=None,
-        images=images,
+        text=question or text("default_question", language),
+        language=language,
+        author=author,
+        images=tuple(images),
     )
-
-
-def _photo_ref(sizes: list[PhotoSize]) -> ImageRef:
-    chosen = sizes[smallest_sufficient([(size.width, size.height) for size in sizes])]
-    return ImageRef(file_id=chosen.file_id, file_unique_id=chosen.file_unique_id, file_size=chosen.file_size)

@@ -61,7 +61,8 @@ class AnswerService:
             await stream.close()
 
     async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
-        images = [await self._fetcher.fetch(ref) for ref in question.images]
+        kept = question.images[: self._context.max_images_per_request]
+        images = [await self._fetcher.fetch(ref) for ref in kept]
         answer.question = self._question_turn(question, images)
         history = await self._context.history(question.key)
         started = time.monotonic()
@@ -78,6 +79,9 @@ class AnswerService:
         final = answer.text
         if completion.finish_reason == "length":
             final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"
+        if len(kept) < len(question.images):
+            notice = text("images_capped", question.language).format(kept=len(kept), total=len(question.images))
+            final = f"{final}\n\nℹ️ {notice}"
         await stream.finish(final)
         log.info("answered chat=%s request_id=%s tokens=%s latency_ms=%.0f", question.key.chat_id,
                  completion.request_id, completion.usage.total_tokens if completion.usage else "?",

@@ -31,6 +31,10 @@ class ConversationContext:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def max_images_per_request(self) -> int:
+        return self._limits.max_images_per_request
+
     async def history(self, key: ConversationKey) -> list[Turn]:
         """Earlier turns of the live conversation; `max_turns` question/answer pairs at most."""
         turns = await self._store.recent_turns(key, limit=2 * self._limits.max_turns,

@@ -185,13 +185,13 @@ class VisionClient:
         if _is_event_stream(response) and response.is_success:
             return None
         limit = _MAX_JSON_BODY_BYTES if response.is_success else _MAX_ERROR_BODY_BYTES
-        raw = await _read_bounded(response, limit)
+        raw = self._scrubbed(await _read_bounded(response, limit))
         if response.is_success and raw.lstrip().startswith(("data:", ": ")):
             return _BufferedEvents(response.headers, raw)  # an event stream with the wrong content type
         body = parse_body(raw)
         error = classify(response.status_code, response.headers, body, raw)
         if error is not None:
-            raise self._redacted(error)
+            raise error
         return body
 
     async def _json_deltas(self, completion: Completion, body: dict[str, Any],
@@ -199,7 +199,8 @@ class VisionClient:
         """A whole completion where a stream may have been expected: one delta with all of it."""
         completion.request_id = completion.request_id or request_id_of(response.headers, body)
         completion.usage = _usage_of(body.get("usage"))
-        choice = body["choices"][0] if body["choices"] else {}
+        choices = [choice for choice in body["choices"] if isinstance(choice, dict)]
+        choice = next((choice for choice in choices if choice.get("index", 0) == 0), choices[0] if choices else {})
         completion.finish_reason = _finish_reason_of(choice)
         content = _content_of(choice.get("message") or choice)
         if content:
@@ -218,12 +219,12 @@ class VisionClient:
                 if data == "[DONE]":
                     done = True
                     break
-                payload = parse_body(data)
+                payload = parse_body(self._scrubbed(data))
                 if not isinstance(payload, dict):
                     log.debug("ignoring a non-JSON stream event: %.100s", data)
                     continue
                 if payload.get("error") or ("codes" in payload and not payload.get("choices")):
-                    raise self._redacted(classify_stream_error(payload, response.status_code, response.headers, data))
+                    raise classify_stream_error(payload, response.status_code, response.headers, self._scrubbed(data))
                 for delta in self._apply_chunk(completion, payload):
                     yield delta
         except httpx.TimeoutException as exc:
@@ -254,23 +255,19 @@ class VisionClient:
         if reason in _CONTENT_FILTER_REASONS:
             raise errors.ContentPolicyError(f"answer stopped by the provider's filter ({reason})",
                                             status=response.status_code, request_id=completion.request_id)
-        if reason in _CUT_REASONS or (reason is None and not done):
-            raise self._cut(completion, response, f"stream ended early (finish_reason={reason})")
         if not completion.text:
             raise errors.EmptyAnswerError("the provider finished without any text",
                                           status=response.status_code, request_id=completion.request_id)
+        if reason in _CUT_REASONS or (reason is None and not done):
+            raise self._cut(completion, response, f"stream ended early (finish_reason={reason})")
 
     def _cut(self, completion: Completion, response: httpx.Response, why: str) -> errors.StreamCutError:
         return errors.StreamCutError(why, status=response.status_code, request_id=completion.request_id)
 
-    def _redacted(self, error: errors.VisionError) -> errors.VisionError:
-        """Some relays echo the key back in their error text; it must not reach logs or admins."""
+    def _scrubbed(self, text: str) -> str:
+        """Some relays echo the key back in their replies: remove it before anything is cut, logged or shown."""
         key = self._config.api_key
-        if key:
-            error.message = error.message.replace(key, "[redacted]")
-            error.body_excerpt = error.body_excerpt.replace(key, "[redacted]")
-            error.args = (error.message,)
-        return error
+        return text.replace(key, "[redacted]") if key else text
 
 
 class _EndTerminated:

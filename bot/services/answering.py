@@ -73,9 +73,8 @@ class AnswerService:
             if answer.text or len(history) <= _KEPT_ON_OVERFLOW:
                 raise
             log.info("context too long in chat %s; retrying with the last exchange only", question.key.chat_id)
-            trimmed = history[-_KEPT_ON_OVERFLOW:]
-            completion = await self._stream(await self._context.prompt(trimmed, answer.question, images), stream,
-                                            answer)
+            prompt = await self._context.prompt(history, answer.question, images, keep_turns=_KEPT_ON_OVERFLOW)
+            completion = await self._stream(prompt, stream, answer)
         final = answer.text
         if completion.finish_reason == "length":
             final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"

@@ -49,23 +49,32 @@ class ConversationContext:
     async def cached_image(self, image_id: str) -> PreparedImage | None:
         return (await self._store.load_images([image_id])).get(image_id)
 
-    async def prompt(self, history: Sequence[Turn], question: Turn,
-                     new_images: Sequence[PreparedImage]) -> list[PromptMessage]:
-        """History plus question, with the most recent images attached and older ones noted as omitted."""
+    async def prompt(self, history: Sequence[Turn], question: Turn, new_images: Sequence[PreparedImage], *,
+                     keep_turns: int | None = None) -> list[PromptMessage]:
+        """History plus question, with the most recent images attached and older ones noted as omitted.
+
+        `keep_turns` sends only the last turns (the context was too long), yet still the newest images: those of
+        dropped turns go with the first turn kept.
+        """
         per_request = self._limits.max_images_per_request
         attached_now = list(new_images)[:per_request]
         budget = min(self._limits.max_images, per_request - len(attached_now))
         wanted = _newest_image_ids(history, budget)
         stored = await self._store.load_images(wanted)
-        messages: list[PromptMessage] = []
-        if self._system_prompt:
-            messages.append(PromptMessage(role="system", text=self._system_prompt))
         newest_turn_of = {image_id: index for index, turn in enumerate(history) for image_id in turn.image_ids}
-        for index, turn in enumerate(history):
-            images = tuple(stored[image_id] for image_id in turn.image_ids
-                           if image_id in stored and newest_turn_of[image_id] == index)
-            messages.append(_message_for(turn, images))
-        messages.append(_message_for(question, tuple(attached_now)))
+        entries = [
+            (turn, [stored[image_id] for image_id in turn.image_ids
+                    if image_id in stored and newest_turn_of[image_id] == index])
+            for index, turn in enumerate(history)
+        ]
+        entries.append((question, attached_now))
+        if keep_turns is not None and len(entries) - 1 > keep_turns:
+            cut = len(entries) - 1 - keep_turns
+            carried = [image for _, images in entries[:cut] for image in images]
+            entries = entries[cut:]
+            entries[0] = (entries[0][0], carried + entries[0][1])
+        messages = [PromptMessage(role="system", text=self._system_prompt)] if self._system_prompt else []
+        messages += [_message_for(turn, tuple(images)) for turn, images in entries]
         return _merge_same_roles(messages)
 
     async def record(self, key: ConversationKey, *turns: Turn) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from tests.conftest import make_photo
 from tests.fakes.telegram_server import FakeTelegram, group_chat, make_user, message_update, private_chat
 from tests.fakes.vision_server import stream_reply
+from tests.support import answered, final_texts
 
 ALICE = make_user(1001, "Alice", "en")
 BOB = make_user(1002, "Bob", "en")
@@ -32,12 +33,8 @@ def push(telegram: FakeTelegram, chat: dict, user: dict, **fields: object) -> di
     return update["message"]
 
 
-def bot_texts(telegram: FakeTelegram, chat_id: int) -> list[str]:
-    return [message["text"] for message in telegram.chat_messages(chat_id)]
-
-
-async def answered(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[dict]:
-    await telegram.wait_for(lambda: len(telegram.chat_messages(chat_id)) >= count, timeout=10)
+async def answered_messages(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[dict]:
+    await answered(telegram, chat_id, count)
     return telegram.chat_messages(chat_id)
 
 
@@ -79,7 +76,7 @@ async def test_a_mention_in_a_caption_asks_about_the_photo_as_a_reply(telegram, 
     asked = push(telegram, GROUP, ALICE, photo=telegram.photo_sizes(make_photo()), caption=caption,
                  caption_entities=mention(caption))
 
-    messages = await answered(telegram, GROUP["id"])
+    messages = await answered_messages(telegram, GROUP["id"])
 
     assert messages[0]["reply_to_message"]["message_id"] == asked["message_id"]
     assert vision.requests[0].text_parts() == ["Alice: what breed is this?"]
@@ -92,7 +89,7 @@ async def test_mention_offsets_are_utf16(telegram, vision, start_bot):
     text = f"😀🐱 {BOT_NAME} is this cat happy?"
     push(telegram, GROUP, ALICE, text=text, entities=mention(text))
 
-    await answered(telegram, GROUP["id"])
+    await answered_messages(telegram, GROUP["id"])
 
     assert vision.requests[0].text_parts() == ["Alice: 😀🐱 is this cat happy?"]
 
@@ -113,7 +110,7 @@ async def test_a_text_mention_addresses_the_bot(telegram, vision, start_bot):
     entities = [{"type": "text_mention", "offset": 0, "length": 6, "user": telegram.bot_user}]
     push(telegram, GROUP, ALICE, photo=telegram.photo_sizes(make_photo()), caption=text, caption_entities=entities)
 
-    await answered(telegram, GROUP["id"])
+    await answered_messages(telegram, GROUP["id"])
 
     assert vision.requests[0].text_parts() == ["Alice: , describe this"]
 
@@ -122,12 +119,12 @@ async def test_ask_command_and_reply_to_the_bot_continue_the_group_conversation(
     vision.enqueue(stream_reply(["A mushroom."]), stream_reply(["Not safe."]), stream_reply(["Amanita."]))
     await start_bot()
     push(telegram, GROUP, ALICE, photo=telegram.photo_sizes(make_photo()), caption="/ask what is it?")
-    first = (await answered(telegram, GROUP["id"]))[0]
+    first = (await answered_messages(telegram, GROUP["id"]))[0]
 
     push(telegram, GROUP, BOB, text="is it safe?", reply_to_message=first)
-    await answered(telegram, GROUP["id"], count=2)
+    await answered_messages(telegram, GROUP["id"], count=2)
     push(telegram, GROUP, BOB, text=f"/ask{BOT_NAME} which species?")
-    await answered(telegram, GROUP["id"], count=3)
+    await answered_messages(telegram, GROUP["id"], count=3)
 
     follow_up, named = vision.requests[1], vision.requests[2]
     assert follow_up.text_parts() == ["Alice: what is it?", "A mushroom.", "Bob: is it safe?"]
@@ -143,7 +140,7 @@ async def test_a_mention_replying_to_someone_elses_photo_asks_about_that_photo(t
     text = f"{BOT_NAME} what is in Bob's picture?"
     push(telegram, GROUP, ALICE, text=text, entities=mention(text), reply_to_message=photo)
 
-    await answered(telegram, GROUP["id"])
+    await answered_messages(telegram, GROUP["id"])
 
     request = vision.requests[0]
     assert request.text_parts() == ["Alice: what is in Bob's picture?"]
@@ -157,9 +154,9 @@ async def test_forum_topics_have_their_own_conversations_and_answers_stay_in_the
     await start_bot()
     text = f"{BOT_NAME} hello"
     push(telegram, FORUM, ALICE, text=text, entities=mention(text), message_thread_id=7)
-    await answered(telegram, FORUM["id"])
+    await answered_messages(telegram, FORUM["id"])
     push(telegram, FORUM, ALICE, text=text, entities=mention(text), message_thread_id=9)
-    messages = await answered(telegram, FORUM["id"], count=2)
+    messages = await answered_messages(telegram, FORUM["id"], count=2)
 
     assert [message.get("message_thread_id") for message in messages] == [7, 9]
     assert len(vision.requests[1].messages) == 1
@@ -169,9 +166,9 @@ async def test_group_and_private_conversations_are_separate(telegram, vision, st
     await start_bot()
     text = f"{BOT_NAME} remember the number 42"
     push(telegram, GROUP, ALICE, text=text, entities=mention(text))
-    await answered(telegram, GROUP["id"])
+    await answered_messages(telegram, GROUP["id"])
     push(telegram, private_chat(ALICE), ALICE, text="what number?")
-    await answered(telegram, ALICE["id"])
+    await answered_messages(telegram, ALICE["id"])
 
     assert vision.requests[1].messages == [{"role": "user", "content": "what number?"}]
 
@@ -184,13 +181,13 @@ async def test_an_album_of_three_photos_is_one_question_with_three_images(telegr
         push(telegram, chat, ALICE, photo=telegram.photo_sizes(make_photo(color=color)), media_group_id="album-1",
              caption="which one is the brightest?" if index == 1 else None)
 
-    texts = [message["text"] for message in await answered(telegram, ALICE["id"])]
+    texts = [message["text"] for message in await answered_messages(telegram, ALICE["id"])]
     await asyncio.sleep(1.0)
 
     assert len(vision.requests) == 1
     assert len(vision.requests[0].images()) == 3
     assert vision.requests[0].text_parts() == ["which one is the brightest?"]
-    assert bot_texts(telegram, ALICE["id"]) == texts
+    assert final_texts(telegram, ALICE["id"]) == texts
 
 
 async def test_an_album_larger_than_the_model_takes_keeps_the_first_images_and_says_so(
@@ -200,7 +197,7 @@ async def test_an_album_larger_than_the_model_takes_keeps_the_first_images_and_s
     for _ in range(4):
         push(telegram, chat, ALICE, photo=telegram.photo_sizes(make_photo()), media_group_id="album-2")
 
-    texts = bot_texts(telegram, ALICE["id"]) or [m["text"] for m in await answered(telegram, ALICE["id"])]
+    texts = final_texts(telegram, ALICE["id"]) or [m["text"] for m in await answered_messages(telegram, ALICE["id"])]
 
     assert len(vision.requests) == 1
     assert len(vision.requests[0].images()) == 2
@@ -214,7 +211,7 @@ async def test_an_album_in_a_group_counts_a_mention_on_any_item(telegram, vision
     push(telegram, GROUP, ALICE, photo=telegram.photo_sizes(make_photo()), media_group_id="g-album",
          caption=caption, caption_entities=mention(caption))
 
-    await answered(telegram, GROUP["id"])
+    await answered_messages(telegram, GROUP["id"])
 
     assert len(vision.requests[0].images()) == 2
     assert vision.requests[0].text_parts() == ["Alice: compare these"]
@@ -227,7 +224,7 @@ async def test_a_big_document_with_gps_reaches_the_provider_small_and_without_ex
     push(telegram, private_chat(ALICE), ALICE, caption="where was this taken?",
          document=document(telegram, original, "image/jpeg", "IMG_0001.JPG"))
 
-    await answered(telegram, ALICE["id"])
+    await answered_messages(telegram, ALICE["id"])
 
     sent = vision.requests[0].images()[0]
     image = Image.open(io.BytesIO(sent))
@@ -253,7 +250,7 @@ async def test_png_webp_gif_documents_and_static_stickers_are_images(telegram, v
     push(telegram, chat, ALICE, sticker={**sticker_file, "type": "regular", "width": 300, "height": 200,
                                          "is_animated": False, "is_video": False})
 
-    await answered(telegram, ALICE["id"], count=4)
+    await answered_messages(telegram, ALICE["id"], count=4)
 
     sizes = [Image.open(io.BytesIO(request.images()[-1])).size for request in vision.requests]
     assert sizes == [(300, 200), (300, 200), (120, 80), (300, 200)]
@@ -265,7 +262,7 @@ async def test_files_that_are_not_images_get_a_hint_in_private_and_silence_in_gr
     await start_bot()
     pdf = document(telegram, b"%PDF-1.4 not an image", "application/pdf", "report.pdf")
     push(telegram, private_chat(ALICE), ALICE, document=pdf)
-    texts = [message["text"] for message in await answered(telegram, ALICE["id"])]
+    texts = [message["text"] for message in await answered_messages(telegram, ALICE["id"])]
     caption = f"{BOT_NAME} read this"
     push(telegram, GROUP, ALICE, document=pdf, caption=caption, caption_entities=mention(caption))
     await asyncio.sleep(1.0)
@@ -280,7 +277,7 @@ async def test_a_file_over_20_mb_is_refused_before_downloading(telegram, vision,
     huge = document(telegram, make_photo(), "image/jpeg", "huge.jpg", file_size=25 * 1024 * 1024)
     push(telegram, private_chat(ALICE), ALICE, document=huge)
 
-    texts = [message["text"] for message in await answered(telegram, ALICE["id"])]
+    texts = [message["text"] for message in await answered_messages(telegram, ALICE["id"])]
 
     assert "too large" in texts[0] and "compressed photo" in texts[0]
     assert telegram.calls_to("getFile") == []
@@ -292,7 +289,7 @@ async def test_a_corrupt_image_gets_a_friendly_message_and_no_provider_call(tele
     broken = make_photo()[:500] + zlib.compress(b"garbage" * 50)
     push(telegram, private_chat(ALICE), ALICE, document=document(telegram, broken, "image/jpeg", "broken.jpg"))
 
-    texts = [message["text"] for message in await answered(telegram, ALICE["id"])]
+    texts = [message["text"] for message in await answered_messages(telegram, ALICE["id"])]
 
     assert "couldn't open this image" in texts[0]
     assert vision.requests == []
@@ -302,11 +299,11 @@ async def test_in_private_a_question_replying_to_an_earlier_photo_uses_that_phot
     await start_bot()
     chat = private_chat(ALICE)
     photo = push(telegram, chat, ALICE, photo=telegram.photo_sizes(make_photo()), caption="first")
-    await answered(telegram, ALICE["id"])
+    await answered_messages(telegram, ALICE["id"])
     push(telegram, chat, ALICE, text="/reset")
-    await answered(telegram, ALICE["id"], count=2)
+    await answered_messages(telegram, ALICE["id"], count=2)
     push(telegram, chat, ALICE, text="and the colour?", reply_to_message=photo)
-    await answered(telegram, ALICE["id"], count=3)
+    await answered_messages(telegram, ALICE["id"], count=3)
 
     assert vision.requests[-1].text_parts() == ["and the colour?"]
     assert vision.requests[-1].images() == vision.requests[0].images()
@@ -317,7 +314,7 @@ async def test_low_detail_downloads_a_smaller_photo_size_and_sends_512_px(telegr
     sizes = telegram.photo_sizes(make_photo(1280, 960))
     push(telegram, private_chat(ALICE), ALICE, photo=sizes)
 
-    await answered(telegram, ALICE["id"])
+    await answered_messages(telegram, ALICE["id"])
 
     assert telegram.calls_to("getFile")[0].params["file_id"] == sizes[2]["file_id"]
     image = Image.open(io.BytesIO(vision.requests[0].images()[0]))

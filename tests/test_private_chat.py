@@ -8,34 +8,12 @@ import io
 from PIL import Image
 
 from bot.services.images import smallest_sufficient
-from tests.conftest import make_photo
-from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
+from tests.fakes.telegram_server import make_user
 from tests.fakes.vision_server import SEED_QUOTA_ERROR, json_reply, stream_reply
+from tests.support import answered, final_texts, send_photo, send_text
 
 ALICE = make_user(1001, "Alice", "en")
 LI = make_user(1002, "李雷", "zh-hans")
-
-
-def send_photo(telegram: FakeTelegram, user: dict, caption: str | None = None, image: bytes | None = None) -> dict:
-    sizes = telegram.photo_sizes(image or make_photo())
-    update = message_update(private_chat(user), user, photo=sizes, caption=caption)
-    telegram.push_update(update)
-    return update["message"]
-
-
-def send_text(telegram: FakeTelegram, user: dict, text: str) -> dict:
-    update = message_update(private_chat(user), user, text=text)
-    telegram.push_update(update)
-    return update["message"]
-
-
-def final_texts(telegram: FakeTelegram, chat_id: int) -> list[str]:
-    return [message["text"] for message in telegram.chat_messages(chat_id)]
-
-
-async def answered(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[str]:
-    await telegram.wait_for(lambda: len(telegram.chat_messages(chat_id)) >= count, timeout=10)
-    return final_texts(telegram, chat_id)
 
 
 async def test_photo_with_caption_is_asked_with_the_image(telegram, vision, start_bot):

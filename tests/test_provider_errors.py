@@ -11,19 +11,17 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from bot import errors
-from bot.clients.vision import Completion, VisionClient, VisionConfig
 from bot.logs import setup_logging
-from bot.models import PreparedImage, PromptMessage
 from bot.texts import error_text
 from tests.conftest import API_KEY, make_photo
-from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
+from tests.fakes.telegram_server import FakeTelegram, make_user
 from tests.fakes.vision_server import (
     NEW_API_INSUFFICIENT_QUOTA,
     NEW_API_INVALID_TOKEN,
@@ -53,6 +51,7 @@ from tests.fakes.vision_server import (
     json_reply,
     stream_reply,
 )
+from tests.support import answered, ask, ask_photos, client_for, send_photo, send_text
 
 StartBot = Callable[..., Any]
 
@@ -64,30 +63,8 @@ ERIN = make_user(4005, "Erin", "en")
 LI = make_user(4006, "李雷", "zh-hans")
 ADMINS = (777, 778)
 
-PROMPT = [PromptMessage(role="user", text="What is this?",
-                        images=(PreparedImage(image_id="errors", data=make_photo(64, 48)),))]
-
 
 # --- Client-level helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
-        yield client
-
-
-def client_for(http: httpx.AsyncClient, base_url: str, **overrides: Any) -> VisionClient:
-    values: dict[str, Any] = {"base_url": base_url, "api_key": API_KEY, "model": "glm-4v-flash", "max_tokens": 300,
-                              "retry_delay": 0.01, "max_retry_wait": 2.0}
-    values.update(overrides)
-    return VisionClient(http, VisionConfig(**values))
-
-
-async def ask(client: VisionClient) -> tuple[str, Completion]:
-    async with client.complete(PROMPT) as completion:
-        answer = "".join([delta async for delta in completion])
-    return answer, completion
 
 
 def zhipu(code: str, message: str) -> dict[str, Any]:
@@ -375,34 +352,6 @@ async def test_silence_longer_than_the_read_timeout_is_unavailable(vision: FakeV
 # --- End to end: helpers ------------------------------------------------------------------------------------
 
 
-def send_photo(telegram: FakeTelegram, user: dict[str, Any], caption: str = "What is this?",
-               color: tuple[int, int, int] = (30, 120, 200)) -> None:
-    sizes = telegram.photo_sizes(make_photo(640, 480, color))
-    telegram.push_update(message_update(private_chat(user), user, photo=sizes, caption=caption))
-
-
-def send_text(telegram: FakeTelegram, user: dict[str, Any], message: str) -> None:
-    telegram.push_update(message_update(private_chat(user), user, text=message))
-
-
-def final_texts(telegram: FakeTelegram, chat_id: int) -> list[str]:
-    return [message["text"] for message in telegram.chat_messages(chat_id)]
-
-
-async def answered(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[str]:
-    await telegram.wait_for(lambda: len(telegram.chat_messages(chat_id)) >= count, timeout=10)
-    return final_texts(telegram, chat_id)
-
-
-async def ask_photos(telegram: FakeTelegram, vision: FakeVision, users: list[dict[str, Any]]) -> list[str]:
-    """One photo question per user, reaching the provider in `users` order; their answers, once all arrived."""
-    requests = len(vision.requests)
-    for position, user in enumerate(users, start=1):
-        send_photo(telegram, user)
-        await vision.wait_for_requests(requests + position)
-    return [(await answered(telegram, user["id"]))[0] for user in users]
-
-
 # --- End to end: context too long ---------------------------------------------------------------------------
 
 
@@ -415,7 +364,7 @@ async def test_context_too_long_retries_with_the_last_exchange_then_explains(
     for user in (ALICE, BOB):
         await answered(telegram, user["id"], 1)
     for user in (ALICE, BOB):
-        send_photo(telegram, user, "And this one?", color=(200, 30, 30))
+        send_photo(telegram, user, "And this one?", make_photo(640, 480, (200, 30, 30)))
     for user in (ALICE, BOB):
         await answered(telegram, user["id"], 2)
     second_photo = next(r for r in vision.requests if r.text_parts()[-1] == "And this one?").images()

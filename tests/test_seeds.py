@@ -9,18 +9,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from PIL import Image
 
-from bot.clients.vision import Completion, VisionClient, VisionConfig
 from bot.models import PreparedImage, PromptMessage
 from bot.texts import error_text, text
 from tests.conftest import API_KEY, make_photo
-from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
+from tests.fakes.telegram_server import FakeTelegram, make_user
 from tests.fakes.vision_server import (
     NEW_API_INVALID_TOKEN,
     NEW_API_NO_CHANNEL,
@@ -36,6 +34,7 @@ from tests.fakes.vision_server import (
     json_reply,
     stream_reply,
 )
+from tests.support import answered, ask, ask_photos, client_for, send_photo
 
 StartBot = Callable[..., Any]
 
@@ -122,43 +121,12 @@ SEED_004_RESPONSE: dict[str, Any] = {
 # --- Helpers (copied in spirit from test_private_chat) -----------------------------------------------------
 
 
-def send_photo(telegram: FakeTelegram, user: dict[str, Any], caption: str | None = None) -> dict[str, Any]:
-    update = message_update(private_chat(user), user, photo=telegram.photo_sizes(make_photo(640, 480)),
-                            caption=caption)
-    telegram.push_update(update)
-    return update["message"]
-
-
-def final_texts(telegram: FakeTelegram, chat_id: int) -> list[str]:
-    return [message["text"] for message in telegram.chat_messages(chat_id)]
-
-
-async def answered(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[str]:
-    await telegram.wait_for(lambda: len(telegram.chat_messages(chat_id)) >= count, timeout=10)
-    return final_texts(telegram, chat_id)
-
-
 async def ask_photo(telegram: FakeTelegram, user: dict[str, Any], caption: str = "这是什么图片?") -> str:
     """One photo question, waited for; returns the answer it got."""
     before = len(telegram.chat_messages(user["id"]))
     send_photo(telegram, user, caption)
     texts = await answered(telegram, user["id"], before + 1)
     return texts[before]
-
-
-async def ask_photos(telegram: FakeTelegram, vision: FakeVision, users: list[dict[str, Any]],
-                     caption: str = "这是什么图片?") -> list[str]:
-    """One photo question per user (distinct chats), answered concurrently but asked in a known order.
-
-    Each question is sent only once the previous one reached the provider, so the scripted replies are
-    consumed in `users` order; the chats then wait out Telegram's per-chat pacing in parallel.
-    """
-    before = {user["id"]: len(telegram.chat_messages(user["id"])) for user in users}
-    requests = len(vision.requests)
-    for position, user in enumerate(users, start=1):
-        send_photo(telegram, user, caption)
-        await vision.wait_for_requests(requests + position)
-    return [(await answered(telegram, user["id"], before[user["id"]] + 1))[before[user["id"]]] for user in users]
 
 
 def assert_user_safe(message: str) -> None:
@@ -183,32 +151,13 @@ def sample_image() -> PreparedImage:
 PROMPT = [PromptMessage(role="user", text="这是什么图片?", images=(sample_image(),))]
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
-        yield client
-
-
-def client_for(http: httpx.AsyncClient, vision: FakeVision, **overrides: Any) -> VisionClient:
-    values: dict[str, Any] = {"base_url": vision.base_url, "api_key": API_KEY, "model": "glm-4v-flash",
-                              "max_tokens": 300, "retry_delay": 0.01, "max_retry_wait": 0.5}
-    values.update(overrides)
-    return VisionClient(http, VisionConfig(**values))
-
-
-async def ask(client: VisionClient) -> tuple[str, Completion]:
-    async with client.complete(PROMPT) as completion:
-        answer = "".join([delta async for delta in completion])
-    return answer, completion
-
-
 # --- Seed 000: glm-4v-flash relay (yewu.bcwhkj.cn) -----------------------------------------------------------
 
 
 async def test_seed_000_c56b783027d75c5b_success_example_with_request_id_and_finish_reason(
         http: httpx.AsyncClient, vision: FakeVision) -> None:
     vision.enqueue(json_reply(SEED_000_SUCCESS))  # a JSON answer even though the client asked to stream
-    answer, completion = await ask(client_for(http, vision))
+    answer, completion = await ask(client_for(http, vision.base_url), PROMPT)
 
     assert answer == SEED_000_SUCCESS["choices"][0]["message"]["content"]
     assert completion.request_id == "202504281217566c4aa5d82259466e"
@@ -221,8 +170,8 @@ async def test_seed_000_c56b783027d75c5b_schema_variant_with_finish_details(
     """The seed's schema has `finish_details: {type, stop}` in place of `finish_reason`."""
     vision.enqueue(completion_reply("这是一个橙子的图案。", finish_details=True, request_id=SEED_000_SUCCESS["id"]),
                    completion_reply("Cut here", finish_reason="length", finish_details=True))
-    answer, completion = await ask(client_for(http, vision, stream=False))
-    _, cut = await ask(client_for(http, vision, stream=False))
+    answer, completion = await ask(client_for(http, vision.base_url, stream=False), PROMPT)
+    _, cut = await ask(client_for(http, vision.base_url, stream=False), PROMPT)
 
     assert answer == "这是一个橙子的图案。"
     assert completion.finish_reason == "stop"
@@ -299,8 +248,8 @@ async def test_seed_002_ca361fae4e18b6b3_success_body_as_json_string_client(
         http: httpx.AsyncClient, vision: FakeVision) -> None:
     vision.enqueue(json_reply(json.dumps(json.dumps(SEED_002_SUCCESS))),
                    json_reply(json.dumps(json.dumps(SEED_002_SUCCESS)), content_type="text/plain"))
-    first, completion = await ask(client_for(http, vision))
-    second, _ = await ask(client_for(http, vision, stream=False))
+    first, completion = await ask(client_for(http, vision.base_url), PROMPT)
+    second, _ = await ask(client_for(http, vision.base_url, stream=False), PROMPT)
 
     assert first == second == SEED_002_SUCCESS["choices"][0]["message"]["content"]
     assert completion.usage is not None and completion.usage.total_tokens == 8545
@@ -391,7 +340,7 @@ async def test_seed_004_60720bb471d682d3_several_streamed_choices_only_index_0_i
                chunk(0, None, "stop"), chunk(1, None, "length"), "[DONE]")
     vision.enqueue(json_reply(body, content_type="text/event-stream"))
 
-    answer, completion = await ask(client_for(http, vision, extra_body={"n": 2}))
+    answer, completion = await ask(client_for(http, vision.base_url, extra_body={"n": 2}), PROMPT)
 
     assert vision.requests[0].body["n"] == 2
     assert answer == "A cat on a mat."
@@ -406,7 +355,7 @@ async def test_seed_004_60720bb471d682d3_json_choices_out_of_order_still_show_in
     ]}
     vision.enqueue(json_reply(body))
 
-    answer, _ = await ask(client_for(http, vision, stream=False, extra_body={"n": 2}))
+    answer, _ = await ask(client_for(http, vision.base_url, stream=False, extra_body={"n": 2}), PROMPT)
 
     assert answer == "Choice zero."
 
@@ -461,7 +410,7 @@ async def test_final_event_without_blank_line_client(http: httpx.AsyncClient, vi
     event = {"id": "x", "choices": [{"index": 0, "delta": {"content": "Only event"}, "finish_reason": "stop"}]}
     vision.enqueue(json_reply(f"data: {json.dumps(event)}\n", content_type="text/event-stream"))
 
-    answer, completion = await ask(client_for(http, vision))
+    answer, completion = await ask(client_for(http, vision.base_url), PROMPT)
 
     assert answer == "Only event"
     assert completion.finish_reason == "stop"

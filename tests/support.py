@@ -1,0 +1,71 @@
+"""Helpers shared by the end-to-end and client tests: talking to the bot as a user, asking the client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bot.clients.vision import Completion, VisionClient, VisionConfig
+from bot.models import PreparedImage, PromptMessage
+from tests.conftest import API_KEY, make_photo
+from tests.fakes.telegram_server import FakeTelegram, message_update, private_chat
+from tests.fakes.vision_server import FakeVision
+
+Json = dict[str, Any]
+
+PROMPT = [PromptMessage(role="user", text="What is this?",
+                        images=(PreparedImage(image_id="sample", data=make_photo(64, 48)),))]
+
+
+def send_photo(telegram: FakeTelegram, user: Json, caption: str | None = None, image: bytes | None = None) -> Json:
+    """A photo in the user's private chat; returns the message as Telegram delivered it."""
+    update = message_update(private_chat(user), user, photo=telegram.photo_sizes(image or make_photo()),
+                            caption=caption)
+    telegram.push_update(update)
+    return update["message"]
+
+
+def send_text(telegram: FakeTelegram, user: Json, text: str) -> Json:
+    update = message_update(private_chat(user), user, text=text)
+    telegram.push_update(update)
+    return update["message"]
+
+
+def final_texts(telegram: FakeTelegram, chat_id: int) -> list[str]:
+    return [message["text"] for message in telegram.chat_messages(chat_id)]
+
+
+async def answered(telegram: FakeTelegram, chat_id: int, count: int = 1) -> list[str]:
+    """The bot's messages in the chat once there are at least `count` (the first may still be growing)."""
+    await telegram.wait_for(lambda: len(telegram.chat_messages(chat_id)) >= count, timeout=10)
+    return final_texts(telegram, chat_id)
+
+
+async def ask_photos(telegram: FakeTelegram, vision: FakeVision, users: list[Json],
+                     caption: str = "What is this?", image: bytes | None = None) -> list[str]:
+    """One photo question per user (distinct chats), answered concurrently but asked in a known order.
+
+    Each question is sent only once the previous one reached the provider, so scripted replies are consumed in
+    `users` order; the chats then wait out Telegram's per-chat pacing in parallel.
+    """
+    before = {user["id"]: len(telegram.chat_messages(user["id"])) for user in users}
+    requests = len(vision.requests)
+    for position, user in enumerate(users, start=1):
+        send_photo(telegram, user, caption, image or make_photo(640, 480))
+        await vision.wait_for_requests(requests + position)
+    return [(await answered(telegram, user["id"], before[user["id"]] + 1))[before[user["id"]]] for user in users]
+
+
+def client_for(http: httpx.AsyncClient, base_url: str, **overrides: Any) -> VisionClient:
+    """The real client with fast retries, for tests that talk to FakeVision directly."""
+    values: dict[str, Any] = {"base_url": base_url, "api_key": API_KEY, "model": "glm-4v-flash", "max_tokens": 300,
+                              "retry_delay": 0.01, "max_retry_wait": 2.0}
+    values.update(overrides)
+    return VisionClient(http, VisionConfig(**values))
+
+
+async def ask(client: VisionClient, prompt: list[PromptMessage] = PROMPT) -> tuple[str, Completion]:
+    async with client.complete(prompt) as completion:
+        answer = "".join([delta async for delta in completion])
+    return answer, completion

@@ -81,7 +81,8 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
         ),
         system_prompt=settings.vision_system_prompt,
     )
-    streamer = ReplyStreamer(bot, UpdatePacer(), settings.stream_mode)
+    pacer = UpdatePacer()
+    streamer = ReplyStreamer(bot, pacer, settings.stream_mode, rich_final=settings.rich_messages)
     target = image_target(settings)
     answers = AnswerService(
         vision=VisionClient(http, vision_config(settings)),
@@ -92,7 +93,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
     )
     queue = ChatQueue()
     dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue,
-                            image_target=target)
+                            image_target=target, pacer=pacer, streamer=streamer)
     dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
     dispatcher.include_router(build_router())
     dispatcher.startup.register(_on_startup)
@@ -112,8 +113,9 @@ async def _on_startup(bot: Bot, context: ConversationContext) -> None:
     log.info("ready as @%s; pruned %d expired turn(s)", me.username, pruned)
 
 
-async def _on_shutdown(settings: Settings, chat_queue: ChatQueue) -> None:
+async def _on_shutdown(settings: Settings, chat_queue: ChatQueue, pacer: UpdatePacer) -> None:
     await chat_queue.drain(settings.shutdown_grace)
+    await pacer.close()
 
 
 async def run_checks(settings: Settings) -> list[Finding]:

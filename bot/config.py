@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     context_ttl: int = Field(default=6 * 3600, ge=60, description="seconds of silence that start a new conversation")
 
     stream_mode: StreamMode = StreamMode.AUTO
+    rich_messages: bool = False
     shutdown_grace: float = Field(default=15.0, ge=0, description="seconds in-flight answers get to finish")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 

@@ -44,6 +44,13 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "I looked at the first {kept} of your {total} images: this model takes at most {kept} per question.",
         "zh": "您发送了 {total} 张图片，我只看了前 {kept} 张：该模型每次提问最多接受 {kept} 张。",
     },
+    "stopped": {"en": "Stopped.", "zh": "已停止。"},
+    "stop_button": {"en": "⏹ Stop", "zh": "⏹ 停止"},
+    "stop_not_allowed": {
+        "en": "Only the person who asked can stop this answer.",
+        "zh": "只有提问的人可以停止这个回答。",
+    },
+    "stop_unknown": {"en": "This answer is already finished.", "zh": "这个回答已经结束了。"},
     "cut_off": {
         "en": "(answer cut off)",
         "zh": "（回答被中断）",

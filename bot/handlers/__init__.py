@@ -2,10 +2,11 @@
 
 from aiogram import Router
 
-from bot.handlers import commands, errors, questions
+from bot.handlers import commands, errors, questions, stop
 
 
 def build_router() -> Router:
     root = Router(name="root")
-    root.include_routers(commands.create_router(), questions.create_router(), errors.create_router())
+    root.include_routers(commands.create_router(), stop.create_router(), questions.create_router(),
+                         errors.create_router())
     return root

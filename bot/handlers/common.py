@@ -6,7 +6,7 @@ from aiogram.types import Message
 
 from bot.models import ConversationKey
 from bot.services.streaming import ReplyTarget
-from bot.texts import Language, language_of
+from bot.texts import Language, language_of, text
 
 
 def conversation_key(message: Message) -> ConversationKey:
@@ -20,6 +20,8 @@ def reply_target(message: Message) -> ReplyTarget:
         is_private=message.chat.type == "private",
         thread_id=message.message_thread_id if message.is_topic_message else None,
         reply_to_message_id=message.message_id,
+        asker_id=message.from_user.id if message.from_user else None,
+        stop_label=text("stop_button", user_language(message)),
     )
 
 

@@ -75,6 +75,9 @@ class AnswerService:
             log.info("context too long in chat %s; retrying with the last exchange only", question.key.chat_id)
             prompt = await self._context.prompt(history, answer.question, images, keep_turns=_KEPT_ON_OVERFLOW)
             completion = await self._stream(prompt, stream, answer)
+        if completion is None:
+            await self._close_stopped(question, stream, answer)
+            return
         final = answer.text
         if completion.finish_reason == "length":
             final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"
@@ -91,15 +94,38 @@ class AnswerService:
             Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
         )
 
-    async def _stream(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion:
+    async def _stream(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion | None:
+        """The answer as it streams; None when Stop was pressed (or the chat went away) first.
+
+        The provider is read in a task of its own, so a stop cancels it at once, which closes the HTTP stream
+        (no more tokens billed) instead of waiting for the next token.
+        """
+        reader = asyncio.create_task(self._read(prompt, stream, answer))
+        stopped = asyncio.create_task(stream.stop_requested.wait())
+        try:
+            await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        return None if reader.cancelled() else reader.result()
+
+    async def _read(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion:
         async with self._vision.complete(prompt) as completion:
             async for delta in completion:
                 answer.parts.append(delta)
                 stream.push(answer.text)
-                if stream.gone:
-                    log.info("the chat stopped showing the answer; closing the provider stream")
-                    break
         return completion
+
+    async def _close_stopped(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
+        """What was written stays as the answer, without a note: the user chose to stop."""
+        log.info("answer stopped in chat %s after %d characters", question.key.chat_id, len(answer.text))
+        if answer.text:
+            await stream.finish(answer.text)
+        else:
+            await stream.finish_plain(text("stopped", question.language))
+        await self._remember_partial(question, answer)
 
     def _question_turn(self, question: Question, images: list[PreparedImage]) -> Turn:
         return Turn(role="user", text=question.text, created_at=self._context.now(),
@@ -111,6 +137,10 @@ class AnswerService:
             await stream.finish(f"{answer.text}\n\n⚠️ {note}")
         else:
             await stream.finish_plain(note)
+        await self._remember_partial(question, answer)
+
+    async def _remember_partial(self, question: Question, answer: _Answer) -> None:
+        """The question (with its images, for a retry) and whatever part of an answer it got."""
         if answer.question is None:
             return
         turns = [answer.question]

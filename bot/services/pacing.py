@@ -1,21 +1,46 @@
-"""Bot-wide pacing of messages, so answers streaming at once never add up to Telegram's flood limits."""
+"""The one bot-wide scheduler for messages that stream: every draft, send and edit asks it for a turn.
+
+Telegram allows about 1 message/s in a chat, 20/min in a group and 30/s for the whole bot; a bot whose
+answers each keep their own pace gets flood bans. Here every request waits in one queue: the first visible
+text and final messages go before progress updates, progress updates are served oldest first (so chats take
+turns fairly, and with many streams each is updated less often), a chat is never served before its spacing
+allows, and the whole bot stays under its rate. Each stream has at most one request waiting, so the queue is
+bounded by the number of live answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
 
 # Telegram: about 1 message/s in one chat, 20/min in a group, 30/s for the whole bot (we keep a margin).
 PRIVATE_INTERVAL = 1.0
-GROUP_INTERVAL = 3.0
+GROUP_INTERVAL = 3.1
 BOT_PER_SECOND = 25.0
+# Two chats flood-limited within this window means the limit is the bot's, not theirs.
+_GLOBAL_FLOOD_WINDOW = 1.0
 _PRUNE_ABOVE = 4096
 
 
-class UpdatePacer:
-    """Reserves send slots: first the chat's own spacing, then a bot-wide slot, in arrival order."""
+class Priority(IntEnum):
+    URGENT = 0  # the first visible text of an answer, final messages
+    PROGRESS = 1  # a newer version of text already shown
 
+
+@dataclass(order=True)
+class _Request:
+    priority: int
+    sequence: int
+    chat_id: int = field(compare=False)
+    granted: asyncio.Future[None] = field(compare=False)
+
+
+class UpdatePacer:
     def __init__(
         self,
         *,
@@ -30,26 +55,79 @@ class UpdatePacer:
         self._clock = clock
         self._chat_next: dict[int, float] = {}
         self._bot_next = 0.0
+        self._waiting: list[_Request] = []
+        self._sequence = itertools.count()
+        self._changed = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._last_flood: tuple[int, float] | None = None
 
-    async def wait_turn(self, chat_id: int) -> None:
-        """Returns when a message may go to `chat_id`; a caller cancelled while waiting reserves nothing."""
-        while (wait := self._chat_next.get(chat_id, 0.0) - self._clock()) > 0:  # noqa: ASYNC110 - deadline moves
-            await asyncio.sleep(wait)
-        interval = self._group_interval if chat_id < 0 else self._private_interval
-        now = self._clock()
-        self._chat_next[chat_id] = now + interval
-        slot = max(now, self._bot_next)
-        self._bot_next = slot + self._bot_gap
-        if slot > now:
-            await asyncio.sleep(slot - now)
-        self._prune()
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def wait_turn(self, chat_id: int, priority: Priority = Priority.PROGRESS) -> None:
+        """Returns when a message may go to `chat_id`; a caller cancelled while waiting takes no slot."""
+        request = _Request(priority, next(self._sequence), chat_id, asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        self._ensure_worker()
+        self._changed.set()
+        try:
+            await request.granted
+        finally:
+            if request in self._waiting:  # cancelled before its turn: it takes no slot
+                self._waiting.remove(request)
+                self._changed.set()
 
     def pause_chat(self, chat_id: int, seconds: float) -> None:
-        """Telegram said "retry after N": nothing more goes to that chat until then."""
-        resume_at = self._clock() + seconds
-        self._chat_next[chat_id] = max(self._chat_next.get(chat_id, 0.0), resume_at)
+        """Telegram said "retry after N" for this chat; a second chat saying so soon after means the whole bot."""
+        now = self._clock()
+        self._chat_next[chat_id] = max(self._chat_next.get(chat_id, 0.0), now + seconds)
+        if self._last_flood is not None and self._last_flood[0] != chat_id \
+                and now - self._last_flood[1] < _GLOBAL_FLOOD_WINDOW:
+            self._bot_next = max(self._bot_next, now + seconds)
+        self._last_flood = (chat_id, now)
+        self._changed.set()
 
-    def _prune(self) -> None:
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._grant_turns(), name="update-pacer")
+
+    async def _grant_turns(self) -> None:
+        while True:
+            self._changed.clear()
+            wait = self._grant_next()
+            if wait == 0.0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+
+    def _grant_next(self) -> float | None:
+        """Grant one turn if possible and return 0; else how long until one may be possible (None: idle)."""
+        now = self._clock()
+        if self._bot_next > now:
+            return self._bot_next - now
+        ready = [request for request in self._waiting if self._chat_next.get(request.chat_id, 0.0) <= now]
+        if not ready:
+            if not self._waiting:
+                return None
+            return min(self._chat_next[request.chat_id] for request in self._waiting) - now
+        chosen = min(ready)
+        self._waiting.remove(chosen)
+        if chosen.granted.done():
+            return 0.0
+        interval = self._group_interval if chosen.chat_id < 0 else self._private_interval
+        self._chat_next[chosen.chat_id] = now + interval
+        self._bot_next = now + self._bot_gap
+        chosen.granted.set_result(None)
+        self._prune(now)
+        return 0.0
+
+    def _prune(self, now: float) -> None:
         if len(self._chat_next) > _PRUNE_ABOVE:
-            now = self._clock()
             self._chat_next = {chat: at for chat, at in self._chat_next.items() if at > now}

@@ -1,9 +1,10 @@
 """One mechanism for every answer that appears while it is generated.
 
-Private chats get animated drafts (`sendMessageDraft`) where Telegram accepts them; everywhere else one message
-is edited as the text grows. Either way the final answer is sent as real message(s), every update is paced
-bot-wide, and the complete final text is never lost: Telegram's "retry after" is waited out, rejected
-entities fall back to plain text, a deleted message is replaced by a new one.
+Private chats get animated drafts (`sendMessageDraft`, with Telegram's Stop button) where Telegram accepts
+them; everywhere else one message is edited as the text grows, with an inline Stop button. Either way the final
+answer is sent as real message(s), every update waits for its turn at the bot-wide pacer, and the complete
+final text is never lost: "retry after" is waited out, rejected entities fall back to plain text, a message
+that cannot be edited is replaced by a new one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 from aiogram import Bot
@@ -28,50 +30,99 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.methods import EditMessageText, SendChatAction, SendMessage, SendMessageDraft, TelegramMethod
-from aiogram.types import LinkPreviewOptions, Message, ReplyParameters
+from aiogram.methods import (
+    EditMessageText,
+    SendChatAction,
+    SendMessage,
+    SendMessageDraft,
+    SendRichMessage,
+    TelegramMethod,
+)
+from aiogram.types import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputRichMessage,
+    LinkPreviewOptions,
+    Message,
+    ReplyParameters,
+)
 
 from bot.config import StreamMode
 from bot.services.formatting import RenderedText, render, render_plain
-from bot.services.pacing import UpdatePacer
+from bot.services.pacing import Priority, UpdatePacer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 TYPING_REFRESH_SECONDS = 4.5
+STOP_CALLBACK_PREFIX = "stop:"
 _FINAL_NETWORK_ATTEMPTS = 5
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyTarget:
-    """Where an answer goes: the chat, its forum topic, and the message it answers."""
+    """Where an answer goes: the chat, its forum topic, the message it answers and who asked."""
 
     chat_id: int
     is_private: bool
     thread_id: int | None = None
     reply_to_message_id: int | None = None
+    asker_id: int | None = None
+    stop_label: str = "⏹ Stop"
+
+
+class StopOutcome(Enum):
+    STOPPED = "stopped"
+    NOT_ALLOWED = "not_allowed"
+    UNKNOWN = "unknown"
 
 
 class ReplyStreamer:
-    """Bot-wide factory of reply streams; remembers where Telegram refused drafts."""
+    """Bot-wide factory of reply streams; knows the live ones (for Stop) and where Telegram refused drafts."""
 
-    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode) -> None:
+    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode, *, rich_final: bool = False) -> None:
         self._bot = bot
         self._pacer = pacer
         self._mode = mode
-        self._draft_ids = itertools.count(random.randint(1, 2**30))
+        self._rich_final = rich_final
+        self._stream_ids = itertools.count(random.randint(1, 2**30))
+        self._live: dict[int, ReplyStream] = {}
         self._drafts_refused_in: set[int] = set()
         self._drafts_unsupported = False
 
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
     def open(self, target: ReplyTarget) -> ReplyStream:
-        stream = ReplyStream(self._bot, self._pacer, self, target, use_drafts=self._drafts_allowed(target))
+        stream_id = next(self._stream_ids)
+        stream = ReplyStream(self._bot, self._pacer, self, target, stream_id=stream_id,
+                             use_drafts=self._drafts_allowed(target))
+        self._live[stream_id] = stream
         stream.start()
         return stream
 
-    def next_draft_id(self) -> int:
-        return next(self._draft_ids)
+    def stop(self, chat_id: int, stream_id: int, *, user_id: int | None = None) -> StopOutcome:
+        """Stop pressed: on a draft (no user check needed, only the chat's user sees it) or on a button."""
+        stream = self._live.get(stream_id)
+        if stream is None or stream.target.chat_id != chat_id:
+            return StopOutcome.UNKNOWN
+        if user_id is not None and stream.target.asker_id not in (None, user_id):
+            return StopOutcome.NOT_ALLOWED
+        stream.request_stop()
+        return StopOutcome.STOPPED
+
+    def forget(self, stream: ReplyStream) -> None:
+        self._live.pop(stream.stream_id, None)
+
+    @property
+    def rich_final(self) -> bool:
+        return self._rich_final
+
+    def refuse_rich(self) -> None:
+        self._rich_final = False
 
     def refuse_drafts(self, chat_id: int, *, everywhere: bool) -> None:
         if everywhere:
@@ -91,13 +142,13 @@ class ReplyStream:
     """One answer being shown in one chat: `push` the text so far as often as you like, then `finish`."""
 
     def __init__(self, bot: Bot, pacer: UpdatePacer, streamer: ReplyStreamer, target: ReplyTarget,
-                 *, use_drafts: bool) -> None:
+                 *, stream_id: int, use_drafts: bool) -> None:
         self._bot = bot
         self._pacer = pacer
         self._streamer = streamer
-        self._target = target
+        self.target = target
+        self.stream_id = stream_id  # doubles as the draft id: unique and non-zero
         self._use_drafts = use_drafts
-        self._draft_id = streamer.next_draft_id()
         self._markdown = ""
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -109,6 +160,7 @@ class ReplyStream:
         self._updater: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._final: asyncio.Task[None] | None = None
+        self.stop_requested = asyncio.Event()
         self.gone = False
         self.first_visible_at: float | None = None
         self.sent_message_ids: list[int] = []
@@ -117,34 +169,41 @@ class ReplyStream:
     def uses_drafts(self) -> bool:
         return self._use_drafts
 
-    @property
-    def draft_id(self) -> int:
-        return self._draft_id
-
     def start(self) -> None:
-        self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self._target.chat_id}")
-        self._updater = asyncio.create_task(self._run_updates(), name=f"updates:{self._target.chat_id}")
+        self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self.target.chat_id}")
+        self._updater = asyncio.create_task(self._run_updates(), name=f"updates:{self.target.chat_id}")
 
     def push(self, markdown: str) -> None:
         """The whole answer so far; only the newest text is ever shown."""
         self._markdown = markdown
         self._wake.set()
 
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
     async def finish(self, markdown: str) -> None:
         """Send the final answer; safe to call again (e.g. after a cancellation): the first text wins."""
         if self._final is None:
-            self._final = asyncio.create_task(self._finalize(render(markdown) or render_plain("…")))
+            self._final = asyncio.create_task(self._finalize(render(markdown) or render_plain("…"), markdown))
         await asyncio.shield(self._final)
 
     async def finish_plain(self, text: str) -> None:
         """A final notice of our own (an error message), with no Markdown interpretation."""
         if self._final is None:
-            self._final = asyncio.create_task(self._finalize(render_plain(text)))
+            self._final = asyncio.create_task(self._finalize(render_plain(text), None))
         await asyncio.shield(self._final)
 
+    async def close(self) -> None:
+        """Release the background tasks (of a stream that was never finished, too)."""
+        self._closing = True
+        self._streamer.forget(self)
+        for task in (self._updater, self._typing):
+            if task is not None:
+                task.cancel()
+                await _cancelled(task)
+
     async def _keep_typing(self) -> None:
-        action = SendChatAction(chat_id=self._target.chat_id, action="typing",
-                                message_thread_id=self._target.thread_id)
+        action = SendChatAction(chat_id=self.target.chat_id, action="typing", message_thread_id=self.target.thread_id)
         while True:
             try:
                 await self._bot(action)
@@ -152,16 +211,17 @@ class ReplyStream:
                 await asyncio.sleep(exc.retry_after)
                 continue
             except TelegramAPIError as exc:
-                log.debug("typing indicator failed in chat %s: %s", self._target.chat_id, exc)
+                log.debug("typing indicator failed in chat %s: %s", self.target.chat_id, exc)
             await asyncio.sleep(TYPING_REFRESH_SECONDS)
 
     async def _run_updates(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._pacer.wait_turn(self._target.chat_id)
+            urgent = self.first_visible_at is None
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT if urgent else Priority.PROGRESS)
             async with self._send_lock:
-                if self._closing:
+                if self._closing or self.gone:
                     return
                 await self._show_progress()
 
@@ -180,13 +240,15 @@ class ReplyStream:
         if self._use_drafts and await self._try_draft(part):
             self._shown(part)
             return
+        stop = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
+            text=self.target.stop_label, callback_data=f"{STOP_CALLBACK_PREFIX}{self.stream_id}")]])
         if self._live_message_id is None:
-            message = await self._intermediate(self._send_method(part))
+            message = await self._intermediate(self._send_method(part, stop))
             if isinstance(message, Message):
                 self._live_message_id = message.message_id
                 self.sent_message_ids.append(message.message_id)
                 self._shown(part)
-        elif await self._intermediate(self._edit_method(self._live_message_id, part)) is not None:
+        elif await self._intermediate(self._edit_method(self._live_message_id, part, stop)) is not None:
             self._shown(part)
 
     def _shown(self, part: RenderedText) -> None:
@@ -196,16 +258,16 @@ class ReplyStream:
             self._stop_typing()
 
     async def _try_draft(self, part: RenderedText) -> bool:
-        method = SendMessageDraft(chat_id=self._target.chat_id, draft_id=self._draft_id, text=part.text,
-                                  entities=part.entities or None, message_thread_id=self._target.thread_id,
-                                  parse_mode=None)
+        method = SendMessageDraft(chat_id=self.target.chat_id, draft_id=self.stream_id, text=part.text,
+                                  entities=part.entities or None, message_thread_id=self.target.thread_id,
+                                  parse_mode=None, can_stop=True, keep_on_stop=True)
         try:
             return await self._intermediate(method, reraise=(TelegramBadRequest, TelegramNotFound)) is not None
         except (TelegramBadRequest, TelegramNotFound) as exc:
             if _entities_rejected(exc) and part.entities:
                 return await self._try_draft(part.without_entities())
-            log.info("drafts refused in chat %s (%s); streaming with edits instead", self._target.chat_id, exc)
-            self._streamer.refuse_drafts(self._target.chat_id, everywhere=isinstance(exc, TelegramNotFound))
+            log.info("drafts refused in chat %s (%s); streaming with edits instead", self.target.chat_id, exc)
+            self._streamer.refuse_drafts(self.target.chat_id, everywhere=isinstance(exc, TelegramNotFound))
             self._use_drafts = False
             return False
 
@@ -217,14 +279,15 @@ class ReplyStream:
         except reraise:
             raise
         except TelegramRetryAfter as exc:
-            self._pacer.pause_chat(self._target.chat_id, exc.retry_after)
+            self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
             self._wake.set()
         except TelegramBadRequest as exc:
             return self._handle_intermediate_rejection(method, exc)
         except TelegramForbiddenError as exc:
             self._mark_gone(exc)
         except TelegramAPIError as exc:
-            log.warning("progress update failed in chat %s: %s", self._target.chat_id, exc)
+            log.warning("progress update failed in chat %s: %s", self.target.chat_id, exc)
+            self._wake.set()
         return None
 
     def _handle_intermediate_rejection(self, method: TelegramMethod[Any], exc: TelegramBadRequest) -> bool | None:
@@ -235,34 +298,60 @@ class ReplyStream:
         elif _entities_rejected(exc) and isinstance(method, SendMessage | EditMessageText) and method.entities:
             self._plain_only = True
             self._wake.set()
-            log.warning("entities rejected in chat %s: %s; going on in plain text", self._target.chat_id, exc)
+            log.warning("entities rejected in chat %s: %s; going on in plain text", self.target.chat_id, exc)
         else:
-            log.warning("progress update rejected in chat %s: %s", self._target.chat_id, exc)
+            log.warning("progress update rejected in chat %s: %s", self.target.chat_id, exc)
         return None
 
     def _mark_gone(self, exc: TelegramAPIError) -> None:
         """The user deleted the answer or blocked the bot: generating more would be wasted."""
-        log.info("chat %s no longer shows this answer: %s", self._target.chat_id, exc)
+        log.info("chat %s no longer shows this answer: %s", self.target.chat_id, exc)
         self.gone = True
+        self.request_stop()
 
     def _prepared(self, parts: list[RenderedText]) -> list[RenderedText]:
         return [part.without_entities() for part in parts] if self._plain_only else parts
 
-    async def _finalize(self, parts: list[RenderedText]) -> None:
+    async def _finalize(self, parts: list[RenderedText], markdown: str | None) -> None:
         await self._stop_updates()
+        if self.gone:
+            return
+        if markdown is not None and await self._sent_as_rich(markdown):
+            return
         for part in self._prepared(parts)[self._sealed_parts:]:
             await self._deliver_final(part)
 
+    async def _sent_as_rich(self, markdown: str) -> bool:
+        """RICH_MESSAGES: tables, code and maths rendered by Telegram itself, where it accepts them."""
+        if not self._streamer.rich_final or self._sealed_parts or self._live_message_id is not None:
+            return False
+        await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+        method = SendRichMessage(chat_id=self.target.chat_id, rich_message=InputRichMessage(markdown=markdown),
+                                 message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters())
+        try:
+            message = await self._bot(method)
+        except (TelegramBadRequest, TelegramNotFound) as exc:
+            log.warning("rich message refused (%s); sending entities from now on", exc)
+            self._streamer.refuse_rich()
+            return False
+        except TelegramAPIError as exc:
+            log.warning("rich message failed in chat %s (%s); sending entities", self.target.chat_id, exc)
+            return False
+        self.sent_message_ids.append(message.message_id)
+        self._stop_typing()
+        return True
+
     async def _deliver_final(self, part: RenderedText) -> None:
-        """A part that will not change again: the live message becomes it, or it is sent as a new message."""
+        """A part that will not change again: the live message becomes it (losing its Stop button), or it is
+        sent as a new message."""
         message_id = None if self._use_drafts else self._live_message_id
-        delivered = message_id is not None and part == self._live_shown
-        if message_id is not None and not delivered:
-            await self._pacer.wait_turn(self._target.chat_id)
-            delivered = await self._final_call(lambda p: self._edit_method(message_id, p), part) is not None
-        if not delivered:
-            await self._pacer.wait_turn(self._target.chat_id)
-            message = await self._final_call(self._send_method, part)
+        delivered = False
+        if message_id is not None:
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+            delivered = await self._final_call(lambda p: self._edit_method(message_id, p, None), part) is not None
+        if not delivered and not self.gone:
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+            message = await self._final_call(lambda p: self._send_method(p, None), part)
             if isinstance(message, Message):
                 self.sent_message_ids.append(message.message_id)
         self._sealed_parts += 1
@@ -280,18 +369,18 @@ class ReplyStream:
             try:
                 return await self._bot(build(part))
             except TelegramRetryAfter as exc:
-                self._pacer.pause_chat(self._target.chat_id, exc.retry_after)
+                self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
                 log.warning("flood control in chat %s: waiting %s s for the final answer",
-                            self._target.chat_id, exc.retry_after)
+                            self.target.chat_id, exc.retry_after)
                 await asyncio.sleep(exc.retry_after)
             except TelegramBadRequest as exc:
                 if "message is not modified" in exc.message:
                     return True
                 if part.entities and _entities_rejected(exc):
-                    log.warning("entities rejected in chat %s: %s; sending plain text", self._target.chat_id, exc)
+                    log.warning("entities rejected in chat %s: %s; sending plain text", self.target.chat_id, exc)
                     part = part.without_entities()
                     continue
-                log.warning("final message rejected in chat %s: %s", self._target.chat_id, exc)
+                log.warning("final message rejected in chat %s: %s", self.target.chat_id, exc)
                 return None
             except TelegramForbiddenError as exc:
                 self._mark_gone(exc)
@@ -299,7 +388,7 @@ class ReplyStream:
             except (TelegramNetworkError, TelegramServerError) as exc:
                 network_failures += 1
                 if network_failures >= _FINAL_NETWORK_ATTEMPTS:
-                    log.error("giving up on the final answer in chat %s: %s", self._target.chat_id, exc)  # noqa: TRY400
+                    log.error("giving up on the final answer in chat %s: %s", self.target.chat_id, exc)  # noqa: TRY400
                     return None
                 await asyncio.sleep(min(2.0**network_failures, 10.0))
 
@@ -315,25 +404,21 @@ class ReplyStream:
         if self._typing is not None:
             self._typing.cancel()
 
-    async def close(self) -> None:
-        """Release the background tasks of a stream that was never finished."""
-        self._closing = True
-        for task in (self._updater, self._typing):
-            if task is not None:
-                task.cancel()
-                await _cancelled(task)
+    def _reply_parameters(self) -> ReplyParameters | None:
+        if self.target.reply_to_message_id is None or self._sealed_parts:
+            return None
+        return ReplyParameters(message_id=self.target.reply_to_message_id, allow_sending_without_reply=True)
 
-    def _send_method(self, part: RenderedText) -> SendMessage:
-        reply = None
-        if self._target.reply_to_message_id is not None and self._sealed_parts == 0:
-            reply = ReplyParameters(message_id=self._target.reply_to_message_id, allow_sending_without_reply=True)
-        return SendMessage(chat_id=self._target.chat_id, text=part.text, entities=part.entities or None,
-                           message_thread_id=self._target.thread_id, reply_parameters=reply,
-                           link_preview_options=_NO_PREVIEW, parse_mode=None)
+    def _send_method(self, part: RenderedText, markup: InlineKeyboardMarkup | None) -> SendMessage:
+        return SendMessage(chat_id=self.target.chat_id, text=part.text, entities=part.entities or None,
+                           message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters(),
+                           link_preview_options=_NO_PREVIEW, parse_mode=None, reply_markup=markup)
 
-    def _edit_method(self, message_id: int, part: RenderedText) -> EditMessageText:
-        return EditMessageText(chat_id=self._target.chat_id, message_id=message_id, text=part.text,
-                               entities=part.entities or None, link_preview_options=_NO_PREVIEW, parse_mode=None)
+    def _edit_method(self, message_id: int, part: RenderedText,
+                     markup: InlineKeyboardMarkup | None) -> EditMessageText:
+        return EditMessageText(chat_id=self.target.chat_id, message_id=message_id, text=part.text,
+                               entities=part.entities or None, link_preview_options=_NO_PREVIEW, parse_mode=None,
+                               reply_markup=markup)
 
 
 def _entities_rejected(exc: TelegramBadRequest) -> bool:

@@ -8,7 +8,7 @@ import sys
 from aiogram.exceptions import TelegramUnauthorizedError
 
 from bot.app import BotApp, run_checks
-from bot.config import Settings, SettingsError, load_settings
+from bot.config import LogFormat, Settings, SettingsError, load_settings
 from bot.logs import setup_logging
 
 EXIT_CONFIG = 2
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level,
-                  [settings.bot_token.get_secret_value(), settings.vision_api_key.get_secret_value()])
+    secrets = [settings.bot_token.get_secret_value(), settings.vision_api_key.get_secret_value()]
+    if settings.webhook_secret is not None:
+        secrets.append(settings.webhook_secret.get_secret_value())
+    setup_logging(settings.log_level, secrets, json_lines=settings.log_format is LogFormat.JSON)
     if args == ["check"]:
         return check(settings)
     try:

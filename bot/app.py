@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -14,10 +15,12 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommandScopeDefault
 
 from bot.clients.vision import VisionClient, VisionConfig
-from bot.config import ImageDetail, ImageFormat, Settings
+from bot.config import BotMode, ImageDetail, ImageFormat, Settings, parse_rate
 from bot.handlers import build_router
+from bot.handlers.access import AccessMiddleware
 from bot.handlers.commands import bot_commands
 from bot.handlers.middlewares import ChatOrderMiddleware
+from bot.metrics import Metrics
 from bot.services.alerts import OperatorAlerts
 from bot.services.answering import AnswerService
 from bot.services.context import ContextLimits, ConversationContext
@@ -27,8 +30,10 @@ from bot.services.images import ImageTarget
 from bot.services.ordering import AlbumCollector, ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
+from bot.services.usage import UsageGuard, UsageLimits
 from bot.storage.sqlite import SqliteConversationStore
 from bot.texts import LANGUAGES
+from bot.web import metrics_app, serve, webhook_app, webhook_path
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,8 @@ def image_target(settings: Settings) -> ImageTarget:
     return ImageTarget()
 
 
-def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
-                      store: SqliteConversationStore) -> Dispatcher:
+def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: SqliteConversationStore,
+                      metrics: Metrics) -> Dispatcher:
     """Every service is built here and handed to handlers as workflow data; nothing global."""
     context = ConversationContext(
         store,
@@ -82,27 +87,39 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient,
         system_prompt=settings.vision_system_prompt,
     )
     pacer = UpdatePacer()
-    streamer = ReplyStreamer(bot, pacer, settings.stream_mode, rich_final=settings.rich_messages)
+    streamer = ReplyStreamer(bot, pacer, settings.stream_mode, metrics, rich_final=settings.rich_messages)
     target = image_target(settings)
+    usage = UsageGuard(store, UsageLimits(
+        rate=parse_rate(settings.user_rate_limit) if settings.user_rate_limit else None,
+        user_daily_tokens=settings.user_daily_tokens,
+        chat_daily_tokens=settings.chat_daily_tokens,
+    ))
     answers = AnswerService(
         vision=VisionClient(http, vision_config(settings)),
         context=context,
         streamer=streamer,
         fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, target=target),
         alerts=OperatorAlerts(bot, settings.admin_ids),
+        usage=usage,
+        metrics=metrics,
     )
     queue = ChatQueue()
     dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue,
-                            image_target=target, pacer=pacer, streamer=streamer)
+                            image_target=target, pacer=pacer, streamer=streamer, usage=usage)
     dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
+    dispatcher.message.outer_middleware(AccessMiddleware(settings.allowed_user_ids, settings.allowed_chat_ids))
     dispatcher.include_router(build_router())
     dispatcher.startup.register(_on_startup)
     dispatcher.shutdown.register(_on_shutdown)
     return dispatcher
 
 
-async def _on_startup(bot: Bot, context: ConversationContext) -> None:
-    await bot.delete_webhook(drop_pending_updates=False)
+async def _on_startup(bot: Bot, context: ConversationContext, settings: Settings, dispatcher: Dispatcher) -> None:
+    if settings.bot_mode is BotMode.WEBHOOK and settings.webhook_url and settings.webhook_secret:
+        await bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
+                              allowed_updates=dispatcher.resolve_used_update_types(), drop_pending_updates=False)
+    else:
+        await bot.delete_webhook(drop_pending_updates=False)
     for language in LANGUAGES:
         await bot.set_my_commands(bot_commands(language), scope=BotCommandScopeDefault(),
                                   language_code=None if language == "en" else language)
@@ -136,20 +153,48 @@ class BotApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics()
         self._started = asyncio.Event()
+        self._stop_webhook = asyncio.Event()
 
     async def run(self, *, handle_signals: bool = True) -> None:
+        settings = self.settings
         async with AsyncExitStack() as stack:
-            http = await stack.enter_async_context(create_http_client(self.settings))
-            store = await SqliteConversationStore.open(self.settings.database_path)
+            http = await stack.enter_async_context(create_http_client(settings))
+            store = await SqliteConversationStore.open(settings.database_path)
             stack.push_async_callback(store.close)
-            bot = create_bot(self.settings)
+            bot = create_bot(settings)
             stack.push_async_callback(bot.session.close)
-            self.dispatcher = create_dispatcher(self.settings, bot, http, store)
+            self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics)
             self.dispatcher.startup.register(self._mark_started)
-            await self.dispatcher.start_polling(bot, handle_signals=handle_signals, close_bot_session=False,
-                                                allowed_updates=self.dispatcher.resolve_used_update_types())
+            if settings.metrics_port is not None:
+                runner = await serve(metrics_app(self.metrics, self._started.is_set), settings.webhook_host,
+                                     settings.metrics_port)
+                stack.push_async_callback(runner.cleanup)
+            if settings.bot_mode is BotMode.WEBHOOK:
+                await self._run_webhook(bot, self.dispatcher, handle_signals=handle_signals)
+            else:
+                await self.dispatcher.start_polling(bot, handle_signals=handle_signals, close_bot_session=False,
+                                                    allowed_updates=self.dispatcher.resolve_used_update_types())
         log.info("stopped")
+
+    async def _run_webhook(self, bot: Bot, dispatcher: Dispatcher, *, handle_signals: bool) -> None:
+        settings = self.settings
+        if settings.webhook_url is None or settings.webhook_secret is None:
+            raise RuntimeError("webhook mode without WEBHOOK_URL/WEBHOOK_SECRET")  # Settings already refuses this
+        app = webhook_app(dispatcher, bot, webhook_url=settings.webhook_url,
+                          secret=settings.webhook_secret.get_secret_value(), is_healthy=self._started.is_set)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signal_number, self._stop_webhook.set)
+        runner = await serve(app, settings.webhook_host, settings.webhook_port)
+        log.info("webhook server on %s:%s%s", settings.webhook_host, settings.webhook_port,
+                 webhook_path(settings.webhook_url))
+        try:
+            await self._stop_webhook.wait()
+        finally:
+            await runner.cleanup()  # runs the dispatcher's shutdown: in-flight answers drain first
 
     async def _mark_started(self, **_: Any) -> None:
         self._started.set()
@@ -158,5 +203,7 @@ class BotApp:
         await self._started.wait()
 
     async def stop(self) -> None:
-        if self.dispatcher is not None:
+        if self.settings.bot_mode is BotMode.WEBHOOK:
+            self._stop_webhook.set()
+        elif self.dispatcher is not None:
             await self.dispatcher.stop_polling()

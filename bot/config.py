@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class StreamMode(StrEnum):
     AUTO = "auto"
     EDIT = "edit"
+
+
+class BotMode(StrEnum):
+    POLLING = "polling"
+    WEBHOOK = "webhook"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class ImageDetail(StrEnum):
@@ -47,6 +58,11 @@ class Settings(BaseSettings):
 
     bot_token: SecretStr
     telegram_api_url: str = "https://api.telegram.org"
+    bot_mode: BotMode = BotMode.POLLING
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_host: str = "0.0.0.0"  # a container's webhook must be reachable from outside
+    webhook_port: int = Field(default=8080, ge=1, le=65535)
 
     vision_base_url: str
     vision_api_key: SecretStr
@@ -63,7 +79,14 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///data/bot.sqlite3"
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    allowed_chat_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    user_rate_limit: str | None = Field(default=None, description="e.g. 10/min; unset = no limit")
+    user_daily_tokens: int | None = Field(default=None, ge=1)
+    chat_daily_tokens: int | None = Field(default=None, ge=1)
     log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     context_max_turns: int = Field(default=20, ge=1, le=200)
     context_max_images: int = Field(default=3, ge=0, le=20)
@@ -74,12 +97,37 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=15.0, ge=0, description="seconds in-flight answers get to finish")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("admin_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(";", ",").split(",") if part.strip())
         return value
+
+    @field_validator("user_rate_limit")
+    @classmethod
+    def _rate_shape(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_rate(value)
+            return value.strip()
+        return None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_complete(self) -> Settings:
+        if self.bot_mode is BotMode.WEBHOOK:
+            missing = [name for name in ("webhook_url", "webhook_secret") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"{', '.join(name.upper() for name in missing)} required when BOT_MODE=webhook")
+            if not (self.webhook_url or "").startswith("https://"):
+                raise ValueError("WEBHOOK_URL must be an https:// URL (Telegram only calls https)")
+        return self
 
     @field_validator("vision_extra_body", mode="before")
     @classmethod
@@ -145,6 +193,19 @@ class Settings(BaseSettings):
         return Path(self.database_url.removeprefix("sqlite:///"))
 
 
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """'10/min' -> (10, 60): that many requests per that many seconds."""
+    count, _, unit = value.strip().partition("/")
+    unit = unit.strip().lower()
+    seconds = _RATE_UNITS.get(unit) or _RATE_UNITS.get(unit.removesuffix("s"))
+    if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+        raise ValueError("must look like 10/min (units: s, min, hour, day)")
+    return int(count), seconds
+
+
 class SettingsError(Exception):
     """A setting is missing or invalid; the message names the variable and is fit to print."""
 
@@ -160,7 +221,7 @@ def load_settings(**overrides: object) -> Settings:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        variable = str(error["loc"][0]).upper() if error["loc"] else "BOT_MODE"
         if error["type"] == "missing":
             problems.append(f"{variable} is required but not set")
         else:

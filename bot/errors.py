@@ -28,6 +28,30 @@ class ImageDownloadError(ImageError):
     kind = "image_download"
 
 
+class RequestRefused(BotError):
+    """Our own limits said no before any provider call."""
+
+    kind = "refused"
+
+
+class UserRateLimited(RequestRefused):
+    kind = "user_rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class BudgetExhausted(RequestRefused):
+    """The user's or the chat's daily token budget is spent."""
+
+    kind = "daily_budget"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"daily token budget of the {scope} is spent")
+        self.scope = scope
+
+
 class VisionError(BotError):
     """The vision provider failed; carries what the operator needs to diagnose it."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -25,9 +26,24 @@ class RedactingFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str, secrets: Iterable[str]) -> None:
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line, for log collectors; redacted like the text format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return self.redact(json.dumps(entry, ensure_ascii=False))
+
+
+def setup_logging(level: str, secrets: Iterable[str], *, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(secrets))
+    handler.setFormatter(JsonFormatter(secrets) if json_lines else RedactingFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

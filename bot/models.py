@@ -49,3 +49,27 @@ class PromptMessage:
     role: Literal["system", "user", "assistant"]
     text: str
     images: tuple[PreparedImage, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One request's cost, for budgets and statistics (kept when conversations are reset)."""
+
+    day: str  # UTC, YYYY-MM-DD
+    chat_id: int
+    user_id: int | None
+    outcome: str  # "answered", "stopped", "cut_off" or "failed"
+    usage: Usage
+    created_at: float
+    error_kind: str | None = None
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    day: str
+    chat_id: int
+    outcome: str
+    error_kind: str | None
+    answers: int
+    tokens: int

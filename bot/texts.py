@@ -127,6 +127,28 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "I was restarted before I could answer. Please ask again.",
         "zh": "我在回答前被重启了。请再问一次。",
     },
+    "error.user_rate_limited": {
+        "en": "You're asking faster than this bot allows. Please wait {seconds} s and ask again.",
+        "zh": "提问太频繁了。请等待 {seconds} 秒后再问。",
+    },
+    "error.daily_budget": {
+        "en": "Today's AI allowance for this {scope} is used up. It resets at midnight UTC.",
+        "zh": "今天这个{scope}的 AI 额度已用完，将在 UTC 午夜重置。",
+    },
+    "scope.user": {"en": "account", "zh": "用户"},
+    "scope.chat": {"en": "chat", "zh": "聊天"},
+    "access_denied": {
+        "en": "Sorry, this bot is private. Ask its owner for access and give them your id: {user_id}.",
+        "zh": "抱歉，这是一个私有机器人。请联系管理员开通，并提供您的 ID：{user_id}。",
+    },
+    "usage": {
+        "en": "Today (UTC): you used {user_tokens} tokens{user_budget}; "
+        "this chat used {chat_tokens} tokens{chat_budget}.",
+        "zh": "今天（UTC）：您用了 {user_tokens} 个 token{user_budget}；"
+        "本聊天用了 {chat_tokens} 个 token{chat_budget}。",
+    },
+    "usage_budget": {"en": " of {budget}", "zh": "（上限 {budget}）"},
+    "commands.usage": {"en": "Your and this chat's usage today", "zh": "今日用量"},
     "error.internal": {
         "en": "Sorry, something went wrong on my side. Please try again.",
         "zh": "抱歉，我这边出了点问题。请再试一次。",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandObject
-from aiogram.types import Message
+from aiogram.types import Message, Update
 
 from bot.handlers.common import conversation_key, reply_target, user_language
 from bot.handlers.inputs import (
@@ -43,7 +43,7 @@ async def addressed_to_bot(message: Message, bot: Bot, album: list[Message] | No
 
 
 async def on_private_message(message: Message, answers: AnswerService, image_target: ImageTarget,
-                             album: list[Message] | None = None) -> None:
+                             event_update: Update, album: list[Message] | None = None) -> None:
     items = album or [message]
     found = attachments_of(items, image_target)
     reply = real_reply(message)
@@ -53,24 +53,25 @@ async def on_private_message(message: Message, answers: AnswerService, image_tar
     if not found.images and (found.unsupported or not question):
         await message.answer(text("unsupported_file", user_language(message)), parse_mode=None)
         return
-    await answers.answer(_question(message, question, found.images, author=None))
+    await answers.answer(_question(message, question, found.images, author=None, update=event_update))
 
 
 async def on_group_message(message: Message, bot: Bot, answers: AnswerService, image_target: ImageTarget,
-                           album: list[Message] | None = None) -> None:
+                           event_update: Update, album: list[Message] | None = None) -> None:
     me = await bot.me()
     items = album or [message]
     question = next((without_mentions(item, me) for item in items if mentions(item, me)), text_of(items))
-    await _ask_in_group(message, question, items, answers, image_target)
+    await _ask_in_group(message, question, items, answers, image_target, event_update)
 
 
 async def on_ask_command(message: Message, command: CommandObject, answers: AnswerService,
-                         image_target: ImageTarget, album: list[Message] | None = None) -> None:
-    await _ask_in_group(message, (command.args or "").strip(), album or [message], answers, image_target)
+                         image_target: ImageTarget, event_update: Update, album: list[Message] | None = None) -> None:
+    await _ask_in_group(message, (command.args or "").strip(), album or [message], answers, image_target,
+                        event_update)
 
 
 async def _ask_in_group(message: Message, question: str, items: list[Message], answers: AnswerService,
-                        image_target: ImageTarget) -> None:
+                        image_target: ImageTarget, update: Update) -> None:
     """A file we cannot read gets silence in a group: the bot must not chatter where people talk."""
     found = attachments_of(items, image_target)
     reply = real_reply(message)
@@ -78,12 +79,13 @@ async def _ask_in_group(message: Message, question: str, items: list[Message], a
         found = attachments_of([reply], image_target)
     if not found.images and (found.unsupported or not question):
         return
-    await answers.answer(_question(message, question, found.images, author=author_of(message)))
+    await answers.answer(_question(message, question, found.images, author=author_of(message), update=update))
 
 
-def _question(message: Message, question: str, images: list, author: str | None) -> Question:
+def _question(message: Message, question: str, images: list, author: str | None, update: Update) -> Question:
     language = user_language(message)
     return Question(
+        update_id=update.update_id,
         key=conversation_key(message),
         target=reply_target(message),
         text=question or text("default_question", language),

@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass, field
 
 from bot.clients.vision import Completion, VisionClient
-from bot.errors import ContextTooLongError, ImageError, VisionError
-from bot.models import ConversationKey, PreparedImage, PromptMessage, Turn
+from bot.errors import BudgetExhausted, ContextTooLongError, ImageError, RequestRefused, UserRateLimited, VisionError
+from bot.metrics import Metrics
+from bot.models import ConversationKey, PreparedImage, PromptMessage, Turn, Usage
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
 from bot.services.streaming import ReplyStream, ReplyStreamer, ReplyTarget
+from bot.services.usage import UsageGuard
 from bot.texts import Language, error_text, text
 
 log = logging.getLogger(__name__)
@@ -30,42 +32,76 @@ class Question:
     language: Language
     author: str | None = None
     images: tuple[ImageRef, ...] = ()
+    update_id: int | None = None
+    received_at: float = field(default_factory=time.monotonic)
 
 
 class AnswerService:
     def __init__(self, *, vision: VisionClient, context: ConversationContext, streamer: ReplyStreamer,
-                 fetcher: ImageFetcher, alerts: OperatorAlerts) -> None:
+                 fetcher: ImageFetcher, alerts: OperatorAlerts, usage: UsageGuard, metrics: Metrics) -> None:
         self._vision = vision
         self._context = context
         self._streamer = streamer
         self._fetcher = fetcher
         self._alerts = alerts
+        self._usage = usage
+        self._metrics = metrics
 
     async def answer(self, question: Question) -> None:
+        try:
+            await self._usage.admit(user_id=question.target.asker_id, chat_id=question.key.chat_id)
+        except RequestRefused as exc:
+            log.info("refused update=%s chat=%s: %s", question.update_id, question.key.chat_id, exc)
+            self._metrics.refused.labels(exc.kind).inc()
+            await self._streamer.notice(question.target, _refusal_text(exc, question.language))
+            return
         stream = self._streamer.open(question.target)
         answer = _Answer()
         try:
             await self._answer(question, stream, answer)
         except ImageError as exc:
             log.info("image unusable in chat %s: %s", question.key.chat_id, exc)
+            answer.fail(exc.kind)
             await stream.finish_plain(error_text(exc.kind, question.language))
         except VisionError as exc:
+            answer.fail(exc.kind)
             await self._close_failed(question, stream, answer, error_text(exc.kind, question.language))
             await self._alerts.report(exc, chat_id=question.key.chat_id)
         except asyncio.CancelledError:
+            answer.outcome = "cut_off"
             note = text("cut_off", question.language) if answer.text else error_text("interrupted",
                                                                                      question.language)
             await self._close_failed(question, stream, answer, note)
             raise
         finally:
             await stream.close()
+            await self._account(question, stream, answer)
+
+    async def _account(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
+        """One log line, the usage record and the metrics for every answer, whatever its end."""
+        usage = await self._usage.record(
+            chat_id=question.key.chat_id, user_id=question.target.asker_id, outcome=answer.outcome,
+            usage=answer.usage, question_chars=len(question.text), images=len(answer.question.image_ids)
+            if answer.question else 0, answer_chars=len(answer.text), error_kind=answer.error_kind)
+        metrics = self._metrics
+        metrics.answers.labels(answer.outcome, answer.error_kind or "").inc()
+        metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+        metrics.tokens.labels("completion").inc(usage.completion_tokens)
+        if stream.first_visible_at is not None:
+            metrics.first_text_seconds.observe(stream.first_visible_at - question.received_at)
+        finished = time.monotonic()
+        metrics.final_seconds.observe(finished - question.received_at)
+        log.info("answer update=%s chat=%s outcome=%s error=%s request_id=%s tokens=%d first_text_ms=%s "
+                 "total_ms=%.0f", question.update_id, question.key.chat_id, answer.outcome, answer.error_kind,
+                 answer.request_id, usage.total_tokens,
+                 f"{(stream.first_visible_at - question.received_at) * 1e3:.0f}" if stream.first_visible_at else "-",
+                 (finished - question.received_at) * 1e3)
 
     async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
         kept = question.images[: self._context.max_images_per_request]
         images = [await self._fetcher.fetch(ref) for ref in kept]
         answer.question = self._question_turn(question, images)
         history = await self._context.history(question.key)
-        started = time.monotonic()
         try:
             completion = await self._stream(await self._context.prompt(history, answer.question, images), stream,
                                             answer)
@@ -76,8 +112,10 @@ class AnswerService:
             prompt = await self._context.prompt(history, answer.question, images, keep_turns=_KEPT_ON_OVERFLOW)
             completion = await self._stream(prompt, stream, answer)
         if completion is None:
+            answer.outcome = "stopped"
             await self._close_stopped(question, stream, answer)
             return
+        answer.usage, answer.request_id = completion.usage, completion.request_id
         final = answer.text
         if completion.finish_reason == "length":
             final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"
@@ -85,9 +123,7 @@ class AnswerService:
             notice = text("images_capped", question.language).format(kept=len(kept), total=len(question.images))
             final = f"{final}\n\nℹ️ {notice}"
         await stream.finish(final)
-        log.info("answered chat=%s request_id=%s tokens=%s latency_ms=%.0f", question.key.chat_id,
-                 completion.request_id, completion.usage.total_tokens if completion.usage else "?",
-                 (time.monotonic() - started) * 1e3)
+        answer.outcome = "answered"
         await self._context.record(
             question.key,
             answer.question,
@@ -155,7 +191,22 @@ class _Answer:
 
     question: Turn | None = None
     parts: list[str] = field(default_factory=list)
+    outcome: str = "failed"
+    error_kind: str | None = None
+    usage: Usage | None = None
+    request_id: str | None = None
+
+    def fail(self, kind: str) -> None:
+        self.outcome, self.error_kind = "failed", kind
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def _refusal_text(exc: RequestRefused, language: Language) -> str:
+    if isinstance(exc, UserRateLimited):
+        return error_text(exc.kind, language).format(seconds=round(exc.retry_after))
+    if isinstance(exc, BudgetExhausted):
+        return error_text(exc.kind, language).format(scope=text(f"scope.{exc.scope}", language))
+    return error_text(exc.kind, language)

@@ -48,6 +48,7 @@ from aiogram.types import (
 )
 
 from bot.config import StreamMode
+from bot.metrics import Metrics
 from bot.services.formatting import RenderedText, render, render_plain
 from bot.services.pacing import Priority, UpdatePacer
 
@@ -82,10 +83,12 @@ class StopOutcome(Enum):
 class ReplyStreamer:
     """Bot-wide factory of reply streams; knows the live ones (for Stop) and where Telegram refused drafts."""
 
-    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode, *, rich_final: bool = False) -> None:
+    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode, metrics: Metrics, *,
+                 rich_final: bool = False) -> None:
         self._bot = bot
         self._pacer = pacer
         self._mode = mode
+        self.metrics = metrics
         self._rich_final = rich_final
         self._stream_ids = itertools.count(random.randint(1, 2**30))
         self._live: dict[int, ReplyStream] = {}
@@ -101,8 +104,15 @@ class ReplyStreamer:
         stream = ReplyStream(self._bot, self._pacer, self, target, stream_id=stream_id,
                              use_drafts=self._drafts_allowed(target))
         self._live[stream_id] = stream
+        self.metrics.active_streams.set(len(self._live))
         stream.start()
         return stream
+
+    async def notice(self, target: ReplyTarget, text: str) -> None:
+        """A one-off message of our own (a refusal), paced like everything else, with no typing shown."""
+        stream = ReplyStream(self._bot, self._pacer, self, target, stream_id=next(self._stream_ids),
+                             use_drafts=False)
+        await stream.finish_plain(text)
 
     def stop(self, chat_id: int, stream_id: int, *, user_id: int | None = None) -> StopOutcome:
         """Stop pressed: on a draft (no user check needed, only the chat's user sees it) or on a button."""
@@ -116,6 +126,7 @@ class ReplyStreamer:
 
     def forget(self, stream: ReplyStream) -> None:
         self._live.pop(stream.stream_id, None)
+        self.metrics.active_streams.set(len(self._live))
 
     @property
     def rich_final(self) -> bool:
@@ -279,6 +290,7 @@ class ReplyStream:
         except reraise:
             raise
         except TelegramRetryAfter as exc:
+            self._streamer.metrics.telegram_429.inc()
             self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
             self._wake.set()
         except TelegramBadRequest as exc:
@@ -369,6 +381,7 @@ class ReplyStream:
             try:
                 return await self._bot(build(part))
             except TelegramRetryAfter as exc:
+                self._streamer.metrics.telegram_429.inc()
                 self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
                 log.warning("flood control in chat %s: waiting %s s for the final answer",
                             self.target.chat_id, exc.retry_after)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from bot.models import ConversationKey, PreparedImage, Turn
+from bot.models import ConversationKey, PreparedImage, Turn, UsageRecord, UsageTotal
 
 
 class ConversationStore(Protocol):
@@ -30,6 +30,16 @@ class ConversationStore(Protocol):
 
     async def prune(self, *, older_than: float) -> int:
         """Delete turns older than the cut-off and unreferenced images; returns deleted turns."""
+        ...
+
+    async def record_usage(self, record: UsageRecord) -> None: ...
+
+    async def tokens_on(self, day: str, *, user_id: int | None = None, chat_id: int | None = None) -> int:
+        """Tokens used on a UTC day by one user (or, without a user, in one chat)."""
+        ...
+
+    async def usage_totals(self, since_day: str) -> list[UsageTotal]:
+        """Answers and tokens by day, chat, outcome and error kind, newest day first."""
         ...
 
     async def close(self) -> None: ...

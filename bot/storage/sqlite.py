@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.models import ConversationKey, PreparedImage, Turn, Usage
+from bot.models import ConversationKey, PreparedImage, Turn, Usage, UsageRecord, UsageTotal
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -40,6 +40,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (turn_id, position)
     );
     CREATE INDEX turn_images_by_image ON turn_images (image_id);
+    """,
+    """
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        day TEXT NOT NULL,
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER,
+        outcome TEXT NOT NULL,
+        error_kind TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER NOT NULL DEFAULT 0,
+        estimated INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX usage_by_user ON usage (day, user_id);
+    CREATE INDEX usage_by_chat ON usage (day, chat_id);
     """,
 )
 
@@ -156,6 +173,32 @@ class SqliteConversationStore:
         await self._delete_orphan_images(time.time())
         await self._db.commit()
         return deleted
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        await self._db.execute(
+            "INSERT INTO usage (day, chat_id, user_id, outcome, error_kind, prompt_tokens, completion_tokens, "
+            "total_tokens, estimated, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.day, record.chat_id, record.user_id, record.outcome, record.error_kind,
+             record.usage.prompt_tokens, record.usage.completion_tokens, record.usage.total_tokens,
+             int(record.estimated), record.created_at),
+        )
+        await self._db.commit()
+
+    async def tokens_on(self, day: str, *, user_id: int | None = None, chat_id: int | None = None) -> int:
+        column, value = ("user_id", user_id) if user_id is not None else ("chat_id", chat_id)
+        cursor = await self._db.execute(
+            f"SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ? AND {column} = ?", (day, value))
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def usage_totals(self, since_day: str) -> list[UsageTotal]:
+        cursor = await self._db.execute(
+            "SELECT day, chat_id, outcome, COALESCE(error_kind, ''), COUNT(*), SUM(total_tokens) FROM usage "
+            "WHERE day >= ? GROUP BY day, chat_id, outcome, error_kind ORDER BY day DESC, SUM(total_tokens) DESC",
+            (since_day,),
+        )
+        return [UsageTotal(day=row[0], chat_id=row[1], outcome=row[2], error_kind=row[3] or None, answers=row[4],
+                           tokens=row[5] or 0) for row in await cursor.fetchall()]
 
     async def _delete_orphan_images(self, now: float) -> None:
         await self._db.execute(

@@ -1,0 +1,57 @@
+"""The bot's HTTP side: the webhook endpoint, and /healthz + /metrics for probes and Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from aiogram import Bot, Dispatcher
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bot.metrics import Metrics
+
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+
+
+def health_handler(is_healthy: Callable[[], bool]) -> Callable[[web.Request], web.StreamResponse]:
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok") if is_healthy() else web.Response(status=503, text="starting")
+
+    return health
+
+
+def metrics_app(metrics: Metrics, is_healthy: Callable[[], bool]) -> web.Application:
+    async def exposition(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get(METRICS_PATH, exposition)
+    app.router.add_get(HEALTH_PATH, health_handler(is_healthy))
+    return app
+
+
+def webhook_path(webhook_url: str) -> str:
+    return urlparse(webhook_url).path or "/"
+
+
+def webhook_app(dispatcher: Dispatcher, bot: Bot, *, webhook_url: str, secret: str,
+                is_healthy: Callable[[], bool]) -> web.Application:
+    """aiogram's handler refuses (401) any request without Telegram's X-Telegram-Bot-Api-Secret-Token."""
+    app = web.Application(client_max_size=1024 * 1024)
+    SimpleRequestHandler(dispatcher=dispatcher, bot=bot, secret_token=secret).register(
+        app, path=webhook_path(webhook_url))
+    app.router.add_get(HEALTH_PATH, health_handler(is_healthy))
+    setup_application(app, dispatcher, bot=bot)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

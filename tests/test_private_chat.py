@@ -106,7 +106,8 @@ async def test_commands_are_registered_and_answered(telegram, vision, start_bot)
     await start_bot()
     registered = telegram.calls_to("setMyCommands")
     assert {call.params.get("language_code") for call in registered} == {None, "zh"}
-    assert [command["command"] for command in registered[0].params["commands"]] == ["start", "help", "reset", "new", "usage"]
+    commands = [command["command"] for command in registered[0].params["commands"]]
+    assert commands == ["start", "help", "reset", "new", "usage"]
 
     send_text(telegram, LI, "/start")
     texts = await answered(telegram, LI["id"])

@@ -42,7 +42,7 @@ async def addressed_to_bot(message: Message, bot: Bot, album: list[Message] | No
     return replies_to(message, me) or any(mentions(item, me) for item in album or [message])
 
 
-async def on_private_message(message: Message, answers: AnswerService, image_target: ImageTarget,
+async def on_private_message(message: Message, *, answers: AnswerService, image_target: ImageTarget,
                              event_update: Update, album: list[Message] | None = None) -> None:
     items = album or [message]
     found = attachments_of(items, image_target)
@@ -56,21 +56,21 @@ async def on_private_message(message: Message, answers: AnswerService, image_tar
     await answers.answer(_question(message, question, found.images, author=None, update=event_update))
 
 
-async def on_group_message(message: Message, bot: Bot, answers: AnswerService, image_target: ImageTarget,
+async def on_group_message(message: Message, *, bot: Bot, answers: AnswerService, image_target: ImageTarget,
                            event_update: Update, album: list[Message] | None = None) -> None:
     me = await bot.me()
     items = album or [message]
     question = next((without_mentions(item, me) for item in items if mentions(item, me)), text_of(items))
-    await _ask_in_group(message, question, items, answers, image_target, event_update)
+    await _ask_in_group(message, question, items, answers=answers, image_target=image_target, update=event_update)
 
 
-async def on_ask_command(message: Message, command: CommandObject, answers: AnswerService,
+async def on_ask_command(message: Message, *, command: CommandObject, answers: AnswerService,
                          image_target: ImageTarget, event_update: Update, album: list[Message] | None = None) -> None:
-    await _ask_in_group(message, (command.args or "").strip(), album or [message], answers, image_target,
-                        event_update)
+    await _ask_in_group(message, (command.args or "").strip(), album or [message], answers=answers,
+                        image_target=image_target, update=event_update)
 
 
-async def _ask_in_group(message: Message, question: str, items: list[Message], answers: AnswerService,
+async def _ask_in_group(message: Message, question: str, items: list[Message], *, answers: AnswerService,
                         image_target: ImageTarget, update: Update) -> None:
     """A file we cannot read gets silence in a group: the bot must not chatter where people talk."""
     found = attachments_of(items, image_target)

@@ -54,7 +54,9 @@ RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
 class Settings(BaseSettings):
     """Every knob of the bot; names match the environment variables (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty `VAR=` in .env means "not set", as operators expect from the commented example file.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      env_ignore_empty=True)
 
     bot_token: SecretStr
     telegram_api_url: str = "https://api.telegram.org"

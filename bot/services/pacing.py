@@ -59,6 +59,7 @@ class UpdatePacer:
         self._sequence = itertools.count()
         self._changed = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._closed = False
         self._last_flood: tuple[int, float] | None = None
 
     @property
@@ -89,6 +90,9 @@ class UpdatePacer:
         self._changed.set()
 
     async def close(self) -> None:
+        # The flag, not only the cancel: on Python 3.11 wait_for may swallow a cancel that races its wake-up.
+        self._closed = True
+        self._changed.set()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -99,7 +103,7 @@ class UpdatePacer:
             self._worker = asyncio.create_task(self._grant_turns(), name="update-pacer")
 
     async def _grant_turns(self) -> None:
-        while True:
+        while not self._closed:
             self._changed.clear()
             wait = self._grant_next()
             if wait == 0.0:

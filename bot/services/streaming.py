@@ -248,9 +248,12 @@ class ReplyStream:
     async def _show_live(self, part: RenderedText) -> None:
         if part == self._live_shown:
             return
-        if self._use_drafts and await self._try_draft(part):
-            self._shown(part)
-            return
+        if self._use_drafts:
+            shown = await self._try_draft(part)
+            if shown:
+                self._shown(part)
+            if shown is not False or self.gone:
+                return  # shown, or skipped this time: only a refusal falls through to edited messages
         stop = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
             text=self.target.stop_label, callback_data=f"{STOP_CALLBACK_PREFIX}{self.stream_id}")]])
         if self._live_message_id is None:
@@ -268,12 +271,13 @@ class ReplyStream:
             self.first_visible_at = time.monotonic()
             self._stop_typing()
 
-    async def _try_draft(self, part: RenderedText) -> bool:
+    async def _try_draft(self, part: RenderedText) -> bool | None:
+        """True: shown; None: not this time (flood wait, network); False: Telegram refuses drafts here."""
         method = SendMessageDraft(chat_id=self.target.chat_id, draft_id=self.stream_id, text=part.text,
                                   entities=part.entities or None, message_thread_id=self.target.thread_id,
                                   parse_mode=None, can_stop=True, keep_on_stop=True)
         try:
-            return await self._intermediate(method, reraise=(TelegramBadRequest, TelegramNotFound)) is not None
+            return True if await self._intermediate(method, reraise=(TelegramBadRequest, TelegramNotFound)) else None
         except (TelegramBadRequest, TelegramNotFound) as exc:
             if _entities_rejected(exc) and part.entities:
                 return await self._try_draft(part.without_entities())

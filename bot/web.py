@@ -43,10 +43,11 @@ def webhook_app(dispatcher: Dispatcher, bot: Bot, *, webhook_url: str, secret: s
                 is_healthy: Callable[[], bool]) -> web.Application:
     """aiogram's handler refuses (401) any request without Telegram's X-Telegram-Bot-Api-Secret-Token."""
     app = web.Application(client_max_size=1024 * 1024)
+    # First: on shutdown the dispatcher drains in-flight answers before the handler closes the bot's session.
+    setup_application(app, dispatcher, bot=bot)
     SimpleRequestHandler(dispatcher=dispatcher, bot=bot, secret_token=secret).register(
         app, path=webhook_path(webhook_url))
     app.router.add_get(HEALTH_PATH, health_handler(is_healthy))
-    setup_application(app, dispatcher, bot=bot)
     return app
 
 

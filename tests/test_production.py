@@ -12,7 +12,7 @@ import httpx
 from bot.logs import JsonFormatter
 from tests.conftest import make_photo
 from tests.fakes.telegram_server import FakeTelegram, group_chat, make_user, message_update, private_chat
-from tests.fakes.vision_server import FakeVision
+from tests.fakes.vision_server import FakeVision, stream_reply
 from tests.support import answered, final_texts, send_photo, send_text
 
 ALICE = make_user(7001, "Alice", "en")
@@ -56,6 +56,23 @@ async def test_webhook_refuses_a_wrong_secret_and_answers_a_right_one(telegram: 
     assert health.status_code == 200
     assert await answered(telegram, ALICE["id"]) == ["This is a test image."]
     assert vision.requests[0].text_parts() == ["hello there"]
+
+
+async def test_webhook_shutdown_lets_an_answer_in_flight_end_with_what_was_written(
+        telegram: FakeTelegram, vision: FakeVision, start_bot) -> None:
+    port = free_port()
+    vision.enqueue(stream_reply(["Half ", "of it"], gate=asyncio.Event()))
+    bot = await start_bot(bot_mode="webhook", webhook_url=WEBHOOK_URL, webhook_secret=SECRET,
+                          webhook_host="127.0.0.1", webhook_port=port, shutdown_grace=0.3)
+    update = {"update_id": 501, **message_update(private_chat(ALICE), ALICE, text="tell me")}
+    async with httpx.AsyncClient() as client:
+        await client.post(f"http://127.0.0.1:{port}/tg/hook", json=update,
+                          headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    await telegram.wait_for(lambda: telegram.calls_to("sendMessageDraft"))
+
+    await bot.stop()
+
+    assert final_texts(telegram, ALICE["id"]) == ["Half\n\n⚠️ (answer cut off)"]
 
 
 async def test_allow_lists_refuse_politely_in_private_and_silently_in_groups(telegram: FakeTelegram,

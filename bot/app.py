@@ -26,7 +26,7 @@ from bot.services.answering import AnswerService
 from bot.services.context import ContextLimits, ConversationContext
 from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_provider, check_telegram
 from bot.services.downloads import ImageFetcher
-from bot.services.images import ImageTarget
+from bot.services.images import ImageTarget, load_decoders
 from bot.services.ordering import AlbumCollector, ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
@@ -123,6 +123,7 @@ async def _on_startup(bot: Bot, context: ConversationContext, settings: Settings
     for language in LANGUAGES:
         await bot.set_my_commands(bot_commands(language), scope=BotCommandScopeDefault(),
                                   language_code=None if language == "en" else language)
+    load_decoders()
     me = await bot.me()
     if not me.can_read_all_group_messages:
         log.warning("@%s: %s", me.username, PRIVACY_MODE_WARNING)

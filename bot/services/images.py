@@ -16,6 +16,12 @@ from bot.models import PreparedImage
 
 # A 100-megapixel decode needs ~300 MB; refuse anything bigger before decoding (pixel bombs).
 MAX_PIXELS = 100_000_000
+# Downscaling filter. Antialiased bicubic is within ~40 dB PSNR of Lanczos for these factors (photo -> 1024 px),
+# keeps small text as legible, and costs about a third less CPU (bench/: ~10 ms of ~40 per 1280x960 photo).
+RESAMPLE = Image.Resampling.BICUBIC
+# Far larger sources are first shrunk by an integer factor (cheap box reduction) down to 3x the target.
+REDUCING_GAP = 3.0
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +46,15 @@ def prepare_image(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARG
             if source.format == "JPEG" and scale < 1:
                 # Decode at a reduced size directly: much faster than decoding everything, then shrinking.
                 source.draft("RGB", (int(source.width * scale) + 1, int(source.height * scale) + 1))
-            image = ImageOps.exif_transpose(source)
-            image = _to_rgb(image)
+            source.load()
+            ImageOps.exif_transpose(source, in_place=True)  # no full copy when there is nothing to turn
+            image = _to_rgb(source)
             scale = _scale_for(image.size, target)
             if scale < 1:
                 size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-                image = image.resize(size, Image.Resampling.LANCZOS)
+                image = image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
+            # Pillow writes some of `info` back (a JPEG comment survives otherwise): keep none of it.
+            image.info = {}
             out = io.BytesIO()
             image.save(out, format="JPEG", quality=target.quality)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
@@ -55,6 +64,11 @@ def prepare_image(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARG
 
 async def prepare_image_async(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARGET) -> PreparedImage:
     return await asyncio.to_thread(prepare_image, data, image_id, target)
+
+
+def load_decoders() -> None:
+    """Pillow imports its format plugins on the first open; at start-up, not inside the first answer (~50 ms)."""
+    Image.preinit()
 
 
 def _scale_for(size: tuple[int, int], target: ImageTarget) -> float:

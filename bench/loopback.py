@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from tests.fakes.telegram_server import FakeTelegram
 
 Json = dict[str, Any]
+CLIENT_GONE = 499  # nginx's code for a request the client abandoned before it was answered
 
 
 @dataclass(slots=True)
@@ -55,7 +56,12 @@ class TimedTelegram(FakeTelegram):
         if request.match_info["method"].lower() == "getupdates":
             self.polling_started = True
         await self._half_trip()
-        response = await super()._handle_api(request)
+        try:
+            response = await super()._handle_api(request)
+        except ConnectionResetError:  # the bot gave up on the request (a cancelled typing action, say)
+            method = request.match_info["method"]
+            self._record(Exchange(method, {}, CLIENT_GONE, None, sent, time.monotonic()))
+            return web.Response(status=CLIENT_GONE)
         call = self.calls[-1]  # appended by the base handler right before it returned, with no await between
         await self._half_trip()
         result = call.response.get("result") if call.status == 200 else None

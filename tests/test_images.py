@@ -217,3 +217,12 @@ def test_16_bit_greyscale_keeps_its_tones_instead_of_turning_white() -> None:
     assert result.getpixel((2, 8)) < 16
     assert 112 < result.getpixel((128, 8)) < 144
     assert result.getpixel((253, 8)) > 240
+
+
+def test_a_jpeg_comment_does_not_reach_the_provider() -> None:
+    source = io.BytesIO()
+    Image.new("RGB", (1280, 960), (10, 20, 30)).save(source, format="JPEG", comment=b"SECRET-NOTE")
+
+    prepared = prepare_image(source.getvalue(), "comment")
+
+    assert b"SECRET-NOTE" not in prepared.data

@@ -81,7 +81,7 @@ class Options:
     tps: float
     answer_tokens: int
     telegram_rtt: float
-    questions: int
+    questions: int | None
     stream_mode: str
     profile: str | None
     profile_dir: Path
@@ -109,11 +109,14 @@ class Answer:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def scenarios(questions: int) -> dict[str, Scenario]:
+def scenarios(questions: int | None) -> dict[str, Scenario]:
+    """1 chat asks in turn; 50 chats hold conversations side by side (they start over about one answer's length,
+    then each asks its next question once the previous answer is in); 500 chats all ask at once.
+    """
     return {
-        "1": Scenario("1", chats=1, questions=questions, ramp=0.0),
-        "50": Scenario("50", chats=50, questions=1, ramp=1.5),
-        "500": Scenario("500", chats=500, questions=1, ramp=2.0),
+        "1": Scenario("1", chats=1, questions=questions or 20, ramp=0.0),
+        "50": Scenario("50", chats=50, questions=questions or 3, ramp=8.0),
+        "500": Scenario("500", chats=500, questions=questions or 1, ramp=2.0),
     }
 
 
@@ -294,9 +297,9 @@ class Run:
         if self.options.timeout is not None:
             return self.options.timeout
         stream = self.options.ttft + self.options.answer_tokens / self.options.tps
-        if self.scenario.questions > 1:
-            return self.scenario.questions * (stream + SAME_CHAT_GAP + 10)
-        return self._ramp() + stream + 2 * self.scenario.chats / BOT_MESSAGES_PER_SECOND + 120
+        questions, chats = self.scenario.questions, self.scenario.chats
+        return (self._ramp() + questions * (stream + SAME_CHAT_GAP + 10)
+                + 2 * chats * questions / BOT_MESSAGES_PER_SECOND + 120)
 
     async def execute(self, workdir: Path) -> dict[str, Any]:
         await self.telegram.start()
@@ -368,21 +371,24 @@ class Run:
     async def _drive(self, plan: list[tuple[Answer, dict[str, Any], list[dict[str, Any]]]]) -> None:
         deadline = time.monotonic() + self._timeout()
         self.answers = [answer for answer, _, _ in plan]
-        if self.scenario.questions > 1:  # one conversation: each question once the previous answer is in
-            for answer, user, photo in plan:
-                self._ask(answer, user, photo)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(answer.done.wait(), max(0.0, deadline - time.monotonic()))
-                await asyncio.sleep(SAME_CHAT_GAP)
-            return
+        conversations: dict[int, list[tuple[Answer, dict[str, Any], list[dict[str, Any]]]]] = {}
+        for step in plan:
+            conversations.setdefault(step[0].chat_id, []).append(step)
         start, ramp = time.monotonic(), self._ramp()
-        for position, (answer, user, photo) in enumerate(plan):
-            await asyncio.sleep(max(0.0, start + ramp * position / len(plan) - time.monotonic()))
+        chats = [self._converse(steps, start + ramp * position / len(conversations), deadline)
+                 for position, steps in enumerate(conversations.values())]
+        await asyncio.gather(*chats)
+
+    async def _converse(self, steps: list[tuple[Answer, dict[str, Any], list[dict[str, Any]]]], start: float,
+                        deadline: float) -> None:
+        """One chat: each question once the previous answer is in, as a person would ask."""
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        for position, (answer, user, photo) in enumerate(steps):
+            if position:
+                await asyncio.sleep(SAME_CHAT_GAP)
             self._ask(answer, user, photo)
-        waiters = [asyncio.ensure_future(answer.done.wait()) for answer in self.answers]
-        _, pending = await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()))
-        for waiter in pending:
-            waiter.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answer.done.wait(), max(0.0, deadline - time.monotonic()))
 
     # --- figures ---
 
@@ -419,7 +425,7 @@ class Run:
             "scenario": self.scenario.name,
             "chats": self.scenario.chats,
             "questions_per_chat": self.scenario.questions,
-            "ramp_seconds": self._ramp() if self.scenario.questions == 1 else None,
+            "ramp_seconds": self._ramp(),
             "answers_started": len(self.answers),
             "answers_completed": completed,
             "answers_failed": sum(answer.failed for answer in self.answers),
@@ -625,7 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tps", type=float, default=30.0, help="provider tokens per second")
     parser.add_argument("--answer-tokens", type=int, default=200, help="tokens (stream chunks) per answer")
     parser.add_argument("--telegram-rtt", type=float, default=0.03, help="Telegram round trip, s")
-    parser.add_argument("--questions", type=int, default=20, help="sequential questions in the 1-chat scenario")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="questions per chat, each after the previous answer (default: 20, 3, 1 by scenario)")
     parser.add_argument("--stream-mode", choices=("auto", "edit"), default="auto",
                         help="the bot's STREAM_MODE: drafts in private chats (auto) or edited messages")
     parser.add_argument("--profile", choices=("pyinstrument", "py-spy"), default=None,

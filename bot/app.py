@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -38,6 +40,13 @@ from bot.web import metrics_app, serve, webhook_app, webhook_path
 log = logging.getLogger(__name__)
 
 PROVIDER_CONNECT_TIMEOUT = 15.0
+# Every streamed answer holds one provider connection (HTTP/1.1) for its whole length; a lower cap makes answers
+# past it wait for whole earlier answers, and httpx rescans its queue on every connection event (BENCHMARKS.md).
+PROVIDER_MAX_CONNECTIONS = 1000
+PROVIDER_IDLE_CONNECTIONS = 100
+# Image preparation is CPU-bound: a worker per core, less the one the event loop needs under load (each worker also
+# keeps ~13 MB of decode buffers; BENCHMARKS.md).
+IMAGE_WORKERS = max(1, (os.cpu_count() or 1) - 1)
 
 
 def create_bot(settings: Settings) -> Bot:
@@ -47,8 +56,8 @@ def create_bot(settings: Settings) -> Bot:
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.vision_timeout, connect=PROVIDER_CONNECT_TIMEOUT)
-    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                             headers={"User-Agent": "vision-bot/0.1"})
+    limits = httpx.Limits(max_connections=PROVIDER_MAX_CONNECTIONS, max_keepalive_connections=PROVIDER_IDLE_CONNECTIONS)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": "vision-bot/0.1"})
 
 
 def vision_config(settings: Settings) -> VisionConfig:
@@ -74,7 +83,7 @@ def image_target(settings: Settings) -> ImageTarget:
 
 
 def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: SqliteConversationStore,
-                      metrics: Metrics) -> Dispatcher:
+                      metrics: Metrics, *, image_workers: Executor) -> Dispatcher:
     """Every service is built here and handed to handlers as workflow data; nothing global."""
     context = ConversationContext(
         store,
@@ -98,7 +107,8 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         vision=VisionClient(http, vision_config(settings)),
         context=context,
         streamer=streamer,
-        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, target=target),
+        fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, workers=image_workers,
+                             worker_count=IMAGE_WORKERS, target=target),
         alerts=OperatorAlerts(bot, settings.admin_ids),
         usage=usage,
         metrics=metrics,
@@ -162,11 +172,13 @@ class BotApp:
         settings = self.settings
         async with AsyncExitStack() as stack:
             http = await stack.enter_async_context(create_http_client(settings))
+            image_workers = stack.enter_context(ThreadPoolExecutor(IMAGE_WORKERS, thread_name_prefix="image"))
             store = await SqliteConversationStore.open(settings.database_path)
             stack.push_async_callback(store.close)
             bot = create_bot(settings)
             stack.push_async_callback(bot.session.close)
-            self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics)
+            self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics,
+                                                image_workers=image_workers)
             self.dispatcher.startup.register(self._mark_started)
             if settings.metrics_port is not None:
                 runner = await serve(metrics_app(self.metrics, self._started.is_set), settings.webhook_host,

@@ -66,6 +66,6 @@ def client_for(http: httpx.AsyncClient, base_url: str, **overrides: Any) -> Visi
 
 
 async def ask(client: VisionClient, prompt: list[PromptMessage] = PROMPT) -> tuple[str, Completion]:
-    async with client.complete(prompt) as completion:
+    async with client.complete(client.request(prompt)) as completion:
         answer = "".join([delta async for delta in completion])
     return answer, completion

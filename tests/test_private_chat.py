@@ -34,6 +34,10 @@ async def test_photo_with_caption_is_asked_with_the_image(telegram, vision, star
     assert "temperature" not in request.body
     assert request.text_parts()[-1] == "What animal is this?"
     assert request.headers["authorization"] == "Bearer sk-test-key-123"
+    # A plain JSON body with its length: some relays reject chunked uploads.
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["content-length"] == str(len(request.raw))
+    assert "transfer-encoding" not in request.headers
     images = request.last_user_images()
     assert len(images) == 1
     sent = Image.open(io.BytesIO(images[0]))

@@ -51,7 +51,7 @@ from tests.fakes.vision_server import (
     json_reply,
     stream_reply,
 )
-from tests.support import answered, ask, ask_photos, client_for, send_photo, send_text
+from tests.support import PROMPT, answered, ask, ask_photos, client_for, send_photo, send_text
 
 StartBot = Callable[..., Any]
 
@@ -252,6 +252,22 @@ async def test_rate_limit_waits_retry_after_ms_then_succeeds(http: httpx.AsyncCl
     assert len(vision.requests) == 2
     assert gap(vision) >= 0.3
     assert 0.3 <= elapsed < 2.0
+
+
+async def test_a_retried_request_is_sent_again_whole_then_let_go(http: httpx.AsyncClient, vision: FakeVision) -> None:
+    vision.enqueue(error_reply(429, OPENAI_RATE_LIMIT, headers={"retry-after-ms": "20"}), stream_reply(["Do", "ne."]))
+    client = client_for(http, vision.base_url)
+    request = client.request(PROMPT)
+
+    async with client.complete(request) as completion:
+        with pytest.raises(RuntimeError, match="already accepted"):
+            _ = request.payload  # a streaming answer must not keep the images alive
+        answer = "".join([delta async for delta in completion])
+
+    assert answer == "Done."
+    assert len(vision.requests) == 2
+    assert vision.requests[1].raw == vision.requests[0].raw
+    assert vision.requests[1].last_user_images()  # the image went again
 
 
 async def test_rate_limit_waits_retry_after_seconds(http: httpx.AsyncClient, vision: FakeVision) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -68,6 +69,28 @@ class Completion:
         return "".join(self.text_parts)
 
 
+class VisionRequest:
+    """An encoded request body, let go of once the provider has accepted it.
+
+    With its images it is ~200 KB; kept for the length of every streamed answer, hundreds of concurrent answers
+    would hold hundreds of megabytes that no retry can use any more.
+    """
+
+    __slots__ = ("_payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self._payload: bytes | None = payload
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            raise RuntimeError("the request was already accepted by the provider")
+        return self._payload
+
+    def release(self) -> None:
+        self._payload = None
+
+
 class VisionClient:
     def __init__(self, http: httpx.AsyncClient, config: VisionConfig) -> None:
         self._http = http
@@ -82,15 +105,19 @@ class VisionClient:
     def http(self) -> httpx.AsyncClient:
         return self._http
 
+    def request(self, messages: Sequence[PromptMessage]) -> VisionRequest:
+        body = json.dumps(self.build_body(messages), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return VisionRequest(body.encode())
+
     @asynccontextmanager
-    async def complete(self, messages: Sequence[PromptMessage]) -> AsyncIterator[Completion]:
+    async def complete(self, request: VisionRequest) -> AsyncIterator[Completion]:
         """Send the request, retrying where it helps, and yield the answer as it streams.
 
         Raises a `VisionError` on entry for a failed request, or while iterating for a failure mid-answer.
         """
-        body = self.build_body(messages)
         async with AsyncExitStack() as stack:
-            response, parsed = await self._send_with_retries(stack, body)
+            response, parsed = await self._send_with_retries(stack, request)
+            request.release()
             completion = Completion(request_id=request_id_of(response.headers, None))
             if isinstance(parsed, dict):
                 completion.deltas = self._json_deltas(completion, parsed, response)
@@ -128,7 +155,7 @@ class VisionClient:
             parts.append({"type": "image_url", "image_url": image_url})
         return {"role": message.role, "content": parts}
 
-    async def _send_with_retries(self, stack: AsyncExitStack, body: dict[str, Any]
+    async def _send_with_retries(self, stack: AsyncExitStack, request: VisionRequest
                                  ) -> tuple[httpx.Response, dict[str, Any] | _BufferedEvents | None]:
         """The open response, and its parsed body unless it is an event stream still to be read."""
         rate_limited = 0
@@ -137,7 +164,7 @@ class VisionClient:
             started = time.monotonic()
             attempt_stack = AsyncExitStack()
             try:
-                response = await self._send(attempt_stack, body)
+                response = await self._send(attempt_stack, request.payload)
                 parsed = await self._parsed_unless_stream(response)
             except errors.RateLimitError as exc:
                 await attempt_stack.aclose()
@@ -167,14 +194,18 @@ class VisionClient:
         log.warning("provider %s (HTTP %s); retrying in %.1f s", exc.kind, exc.status, seconds)
         await asyncio.sleep(seconds)
 
-    async def _send(self, stack: AsyncExitStack, body: dict[str, Any]) -> httpx.Response:
+    async def _send(self, stack: AsyncExitStack, payload: bytes) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {self._config.api_key}",
+            "Content-Type": "application/json",
+            # With a length, httpx sends the iterated body as-is (no chunked encoding, which some relays reject).
+            "Content-Length": str(len(payload)),
             # Some relays insist on application/json even for streams (seed 003); offer both.
             "Accept": "text/event-stream, application/json" if self._config.stream else "application/json",
         }
         try:
-            return await stack.enter_async_context(self._http.stream("POST", self._url, json=body, headers=headers))
+            return await stack.enter_async_context(
+                self._http.stream("POST", self._url, content=_sent_once(payload), headers=headers))
         except httpx.TimeoutException as exc:
             raise errors.UnavailableError(f"timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
@@ -293,6 +324,11 @@ class _BufferedEvents:
     async def aiter_text(self) -> AsyncIterator[str]:
         yield self._text
         yield "\n\n"
+
+
+async def _sent_once(payload: bytes) -> AsyncIterator[bytes]:
+    """A body httpx does not keep: given as bytes, it would stay referenced by the response until the stream ends."""
+    yield payload
 
 
 def _is_event_stream(response: httpx.Response) -> bool:

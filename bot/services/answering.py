@@ -7,10 +7,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from bot.clients.vision import Completion, VisionClient
+from bot.clients.vision import Completion, VisionClient, VisionRequest
 from bot.errors import BudgetExhausted, ContextTooLongError, ImageError, RequestRefused, UserRateLimited, VisionError
 from bot.metrics import Metrics
-from bot.models import ConversationKey, PreparedImage, PromptMessage, Turn, Usage
+from bot.models import ConversationKey, PreparedImage, Turn, Usage
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
@@ -99,18 +99,15 @@ class AnswerService:
 
     async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
         kept = question.images[: self._context.max_images_per_request]
-        images = [await self._fetcher.fetch(ref) for ref in kept]
-        answer.question = self._question_turn(question, images)
         history = await self._context.history(question.key)
         try:
-            completion = await self._stream(await self._context.prompt(history, answer.question, images), stream,
-                                            answer)
+            completion = await self._stream(await self._request(question, kept, history, answer), stream, answer)
         except ContextTooLongError:
             if answer.text or len(history) <= _KEPT_ON_OVERFLOW:
                 raise
             log.info("context too long in chat %s; retrying with the last exchange only", question.key.chat_id)
-            prompt = await self._context.prompt(history, answer.question, images, keep_turns=_KEPT_ON_OVERFLOW)
-            completion = await self._stream(prompt, stream, answer)
+            request = await self._request(question, kept, history, answer, keep_turns=_KEPT_ON_OVERFLOW)
+            completion = await self._stream(request, stream, answer)
         if completion is None:
             answer.outcome = "stopped"
             await self._close_stopped(question, stream, answer)
@@ -130,13 +127,22 @@ class AnswerService:
             Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
         )
 
-    async def _stream(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion | None:
+    async def _request(self, question: Question, kept: tuple[ImageRef, ...], history: list[Turn], answer: _Answer,
+                       *, keep_turns: int | None = None) -> VisionRequest:
+        """The encoded request. The images live on only inside it, and it lets go of them once the provider has it,
+        so a long answer holds none of its ~200 KB (a retry finds them prepared, in storage).
+        """
+        images = [await self._fetcher.fetch(ref) for ref in kept]
+        answer.question = self._question_turn(question, images)
+        return self._vision.request(await self._context.prompt(history, answer.question, images, keep_turns=keep_turns))
+
+    async def _stream(self, request: VisionRequest, stream: ReplyStream, answer: _Answer) -> Completion | None:
         """The answer as it streams; None when Stop was pressed (or the chat went away) first.
 
         The provider is read in a task of its own, so a stop cancels it at once, which closes the HTTP stream
         (no more tokens billed) instead of waiting for the next token.
         """
-        reader = asyncio.create_task(self._read(prompt, stream, answer))
+        reader = asyncio.create_task(self._read(request, stream, answer))
         stopped = asyncio.create_task(stream.stop_requested.wait())
         try:
             await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,8 +153,8 @@ class AnswerService:
                 await asyncio.gather(reader, return_exceptions=True)
         return None if reader.cancelled() else reader.result()
 
-    async def _read(self, prompt: list[PromptMessage], stream: ReplyStream, answer: _Answer) -> Completion:
-        async with self._vision.complete(prompt) as completion:
+    async def _read(self, request: VisionRequest, stream: ReplyStream, answer: _Answer) -> Completion:
+        async with self._vision.complete(request) as completion:
             async for delta in completion:
                 answer.parts.append(delta)
                 stream.push(answer.text)

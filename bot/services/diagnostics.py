@@ -92,7 +92,7 @@ async def _ask(client: VisionClient) -> str:
     client = VisionClient(client.http, dataclasses.replace(
         client.config, max_tokens=min(client.config.max_tokens, CHECK_MAX_TOKENS)))
     prompt = [PromptMessage(role="user", text=CHECK_QUESTION, images=(_test_image(),))]
-    async with client.complete(prompt) as completion:
+    async with client.complete(client.request(prompt)) as completion:
         return "".join([delta async for delta in completion])
 
 

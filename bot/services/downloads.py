@@ -5,8 +5,12 @@ Bytes always travel through us: a Telegram file URL contains the bot token and m
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiogram import Bot
@@ -21,6 +25,9 @@ from bot.services.images import DEFAULT_TARGET, ImageTarget, prepare_image_async
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_SECONDS = 60
+# Photos downloading or being prepared at once, per image worker: enough to keep the workers busy, few enough
+# that a burst of hundreds waits as updates (small) rather than as downloaded files (up to 20 MB each).
+IN_FLIGHT_PER_WORKER = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +40,13 @@ class ImageRef:
 
 
 class ImageFetcher:
-    def __init__(self, bot: Bot, context: ConversationContext, *, max_bytes: int,
-                 target: ImageTarget = DEFAULT_TARGET) -> None:
+    def __init__(self, bot: Bot, context: ConversationContext, *, max_bytes: int, workers: Executor,
+                 worker_count: int, target: ImageTarget = DEFAULT_TARGET) -> None:
         self._bot = bot
         self._context = context
         self._max_bytes = max_bytes
+        self._workers = workers
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT_PER_WORKER * worker_count)
         self._target = target
 
     async def fetch(self, ref: ImageRef) -> PreparedImage:
@@ -48,25 +57,37 @@ class ImageFetcher:
             return cached
         if ref.file_size is not None and ref.file_size > self._max_bytes:
             raise ImageTooLargeError(f"file is {ref.file_size} bytes")
-        data = await self._download(ref)
-        prepared = await prepare_image_async(data, image_id, self._target)
+        file_path = await self._file_path(ref)
+        async with self._in_flight:  # held from the download until the photo's bytes are no longer needed
+            prepared = await prepare_image_async(await self._download(file_path), image_id, self._target,
+                                                 self._workers)
         await self._context.keep_image(prepared)
         return prepared
 
-    async def _download(self, ref: ImageRef) -> bytes:
-        buffer = _BoundedBuffer(self._max_bytes)
-        try:
+    async def _file_path(self, ref: ImageRef) -> str:
+        with _download_errors():
             file = await self._bot.get_file(ref.file_id)
-            if file.file_path is None:
-                raise ImageDownloadError("Telegram gave no file path")
-            await self._bot.download_file(file.file_path, destination=buffer, timeout=DOWNLOAD_TIMEOUT_SECONDS)
-        except TelegramBadRequest as exc:
-            if "too big" in exc.message:
-                raise ImageTooLargeError(exc.message) from exc
-            raise ImageDownloadError(exc.message) from exc
-        except (TelegramAPIError, ClientError, TimeoutError) as exc:
-            raise ImageDownloadError(f"download failed: {type(exc).__name__}") from exc
+        if file.file_path is None:
+            raise ImageDownloadError("Telegram gave no file path")
+        return file.file_path
+
+    async def _download(self, file_path: str) -> bytes:
+        buffer = _BoundedBuffer(self._max_bytes)
+        with _download_errors():
+            await self._bot.download_file(file_path, destination=buffer, timeout=DOWNLOAD_TIMEOUT_SECONDS)
         return buffer.getvalue()
+
+
+@contextmanager
+def _download_errors() -> Iterator[None]:
+    try:
+        yield
+    except TelegramBadRequest as exc:
+        if "too big" in exc.message:
+            raise ImageTooLargeError(exc.message) from exc
+        raise ImageDownloadError(exc.message) from exc
+    except (TelegramAPIError, ClientError, TimeoutError) as exc:
+        raise ImageDownloadError(f"download failed: {type(exc).__name__}") from exc
 
 
 class _BoundedBuffer(io.BytesIO):

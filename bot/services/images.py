@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,8 +61,10 @@ def prepare_image(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARG
     return PreparedImage(image_id=image_id, data=out.getvalue(), mime="image/jpeg")
 
 
-async def prepare_image_async(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARGET) -> PreparedImage:
-    return await asyncio.to_thread(prepare_image, data, image_id, target)
+async def prepare_image_async(data: bytes, image_id: str, target: ImageTarget = DEFAULT_TARGET,
+                              workers: Executor | None = None) -> PreparedImage:
+    """In `workers` (the loop's default pool if None): decoding a 12-megapixel photo would stall every chat."""
+    return await asyncio.get_running_loop().run_in_executor(workers, prepare_image, data, image_id, target)
 
 
 def load_decoders() -> None:

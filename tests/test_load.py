@@ -11,6 +11,8 @@ import asyncio
 
 import pytest
 
+from bot.app import IMAGE_WORKERS
+from bot.services.downloads import IN_FLIGHT_PER_WORKER
 from tests.conftest import API_KEY, RunningBot, make_photo
 from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
 from tests.fakes.vision_server import FakeVision, stream_reply
@@ -69,3 +71,27 @@ async def test_a_hundred_simultaneous_answers_get_no_429_and_arrive_complete(lim
         assert request.first_chunk_at is not None
         delays.append(first_visible - request.first_chunk_at)
     assert max(delays) <= FIRST_TEXT_WITHIN, sorted(delays)[-5:]
+
+
+async def test_a_burst_of_photos_is_downloaded_only_as_fast_as_it_can_be_prepared(vision: FakeVision,
+                                                                                 make_settings) -> None:
+    """Downloaded files wait in memory for an image worker; a burst must wait as updates instead."""
+    telegram = FakeTelegram(download_seconds=0.1)
+    await telegram.start()
+    chats = 3 * IN_FLIGHT_PER_WORKER * IMAGE_WORKERS
+    vision.enqueue(*[stream_reply(["Seen."]) for _ in range(chats)])
+    bot = RunningBot(make_settings(bot_token=telegram.token, telegram_api_url=telegram.base_url))
+    await bot.start()
+    users = [make_user(60_000 + index, f"User{index}") for index in range(chats)]
+    try:
+        for index, user in enumerate(users):
+            photo = telegram.photo_sizes(make_photo(640, 480, color=(index, 80, 160)))
+            telegram.push_update(message_update(private_chat(user), user, photo=photo, caption=f"burst {index}"))
+        await telegram.wait_for(lambda: all(telegram.chat_messages(user["id"]) for user in users), timeout=60)
+    finally:
+        await bot.stop()
+        await telegram.stop()
+
+    assert 2 <= telegram.most_downloads_at_once <= IN_FLIGHT_PER_WORKER * IMAGE_WORKERS
+    assert [[message["text"] for message in telegram.chat_messages(user["id"])] for user in users] == \
+        [["Seen."]] * chats

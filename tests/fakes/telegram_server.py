@@ -611,9 +611,13 @@ class FakeTelegram:
         bot_username: str = "vision_test_bot",
         can_read_all_group_messages: bool = False,
         enforce_rate_limits: bool = False,
+        download_seconds: float = 0.0,
     ) -> None:
         self.token = token
         self.enforce_rate_limits = enforce_rate_limits
+        self.download_seconds = download_seconds  # how long each file download takes, like a slow link
+        self.downloads_in_progress = 0
+        self.most_downloads_at_once = 0
         self.bot_user: Json = {
             "id": bot_id,
             "is_bot": True,
@@ -820,6 +824,12 @@ class FakeTelegram:
         file_id = self._file_paths.get(request.match_info["file_path"])
         if request.match_info["token"] != self.token or file_id is None:
             return web.json_response(ApiError(404, "Not Found").body(), status=404)
+        self.downloads_in_progress += 1
+        self.most_downloads_at_once = max(self.most_downloads_at_once, self.downloads_in_progress)
+        try:
+            await asyncio.sleep(self.download_seconds)
+        finally:
+            self.downloads_in_progress -= 1
         return web.Response(body=self._files[file_id].content, content_type="application/octet-stream")
 
     @staticmethod

@@ -396,7 +396,7 @@ class Run:
                  load: tuple[tuple[float, ...], tuple[float, ...]], profile: Path | None) -> dict[str, Any]:
         requests = self._requests_by_caption()
         overhead, net, first_text, final, end_to_end, calls = [], [], [], [], [], []
-        dispatch, image_waits, after_download = [], [], []
+        dispatch, image_waits, before_download, after_download = [], [], [], []
         by_method: Counter[str] = Counter()
         for answer in self.answers:
             delivered = self.telegram.delivered.get(answer.update_id)
@@ -414,6 +414,7 @@ class Run:
             if get_file is not None and download is not None:
                 dispatch.append(get_file.sent - delivered)
                 image_waits.append(waits)
+                before_download.append(download.sent - get_file.answered)
                 after_download.append(request.at - download.answered)
             if answer.first_visible is not None and request.first_chunk_at is not None:
                 first_text.append(answer.first_visible - request.first_chunk_at)
@@ -434,6 +435,7 @@ class Run:
             "overhead_parts_ms": {
                 "update_to_get_file": _quantiles(dispatch),
                 "get_file_and_download_waits": _quantiles(image_waits),
+                "get_file_to_download": _quantiles(before_download),
                 "download_to_provider_request": _quantiles(after_download),
             },
             "first_token_to_first_text_ms": _quantiles(first_text),
@@ -569,6 +571,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("update received -> provider request, ms", "overhead_ms", "q"),
     ("  the same less getFile + download waits, ms", "overhead_less_telegram_waits_ms", "q"),
     ("  update received -> getFile sent, ms", "overhead_parts_ms.update_to_get_file", "q"),
+    ("  getFile answered -> download sent, ms", "overhead_parts_ms.get_file_to_download", "q"),
     ("  download done -> provider request, ms", "overhead_parts_ms.download_to_provider_request", "q"),
     ("provider first token -> first text sent, ms", "first_token_to_first_text_ms", "q"),
     ("provider last token -> final message sent, ms", "last_token_to_final_ms", "q"),

@@ -114,7 +114,8 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         metrics=metrics,
     )
     queue = ChatQueue()
-    dispatcher = Dispatcher(settings=settings, context=context, answers=answers, chat_queue=queue,
+    # No FSM: conversations live in storage; aiogram's in-memory FSM would only keep a record per user forever.
+    dispatcher = Dispatcher(disable_fsm=True, settings=settings, context=context, answers=answers, chat_queue=queue,
                             image_target=target, pacer=pacer, streamer=streamer, usage=usage)
     dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
     dispatcher.message.outer_middleware(AccessMiddleware(settings.allowed_user_ids, settings.allowed_chat_ids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 
 from aiogram.exceptions import TelegramUnauthorizedError
@@ -16,6 +17,8 @@ EXIT_FAILURE = 1
 
 
 USAGE = "usage: python -m bot [check]"
+# Each streaming answer holds a provider connection (up to 1000) besides Telegram's and the database's.
+OPEN_FILES_WANTED = 65536
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, secrets, json_lines=settings.log_format is LogFormat.JSON)
     if args == ["check"]:
         return check(settings)
+    raise_open_file_limit()
     try:
         asyncio.run(BotApp(settings).run())
     except TelegramUnauthorizedError:
@@ -42,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def raise_open_file_limit() -> None:
+    """The usual soft limit of 1024 open files is below what hundreds of streaming answers need; never lowered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def check(settings: Settings) -> int:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from bot.__main__ import main
+from bot.__main__ import OPEN_FILES_WANTED, main
 from tests.conftest import API_KEY, make_photo
 from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
 from tests.fakes.vision_server import FakeVision, stream_reply
@@ -24,7 +25,18 @@ async def run_bot_process(env: dict[str, str], cwd: Path) -> asyncio.subprocess.
              if not key.startswith(("BOT_", "VISION_", "TELEGRAM_", "DATABASE_", "CONTEXT_", "STREAM_"))}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", cwd=cwd, env={**clean, "PYTHONPATH": str(ROOT), **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_low_open_file_limit)
+
+
+def _low_open_file_limit() -> None:
+    """Start the bot as a shell with `ulimit -n 256` would."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def _open_file_limit(pid: int) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if line.startswith("Max open files"))
+    return int(line.split()[3])
 
 
 @pytest.mark.parametrize(
@@ -82,6 +94,7 @@ async def test_the_bot_process_answers_a_photo_and_stops_cleanly_on_sigterm(tmp_
         telegram.push_update(message_update(private_chat(user), user, photo=telegram.photo_sizes(make_photo()),
                                             caption="What is it?"))
         await telegram.wait_for(lambda: telegram.calls_to("sendMessageDraft"), timeout=20)
+        open_files = _open_file_limit(process.pid)
 
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
@@ -96,6 +109,8 @@ async def test_the_bot_process_answers_a_photo_and_stops_cleanly_on_sigterm(tmp_
     assert [message["text"] for message in telegram.chat_messages(user["id"])] == [
         "Still\n\n⚠️ (answer cut off)"]
     assert (tmp_path / "data" / "bot.sqlite3").exists()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert open_files == min(OPEN_FILES_WANTED, hard if hard != resource.RLIM_INFINITY else OPEN_FILES_WANTED)
     assert "Traceback" not in log
     assert telegram.token not in log
     assert API_KEY not in log

@@ -6,7 +6,7 @@ import asyncio
 import resource
 import sys
 
-from aiogram.exceptions import TelegramUnauthorizedError
+from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 
 from bot.app import BotApp, run_checks
 from bot.config import LogFormat, Settings, SettingsError, load_settings
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(BotApp(settings).run())
     except TelegramUnauthorizedError:
         print("Telegram rejected BOT_TOKEN: check it with @BotFather", file=sys.stderr)
+        return EXIT_FAILURE
+    except TelegramNetworkError as exc:  # at start-up; once polling, aiogram retries on its own
+        reason = exc.message.replace(settings.bot_token.get_secret_value(), "[redacted]")
+        print(f"cannot reach Telegram at {settings.telegram_api_url}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         pass

@@ -6,6 +6,7 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -76,6 +77,20 @@ async def test_the_real_process_exits_2_naming_a_missing_token(tmp_path):
     assert process.returncode == 2
     assert stderr.decode().strip() == "configuration error: BOT_TOKEN is required but not set"
     assert stdout == b""
+
+
+async def test_the_real_process_exits_1_in_one_line_when_telegram_is_unreachable(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    process = await run_bot_process({**REQUIRED, "TELEGRAM_API_URL": closed}, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+
+    assert process.returncode == 1
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cannot reach Telegram at {closed}: ")
+    assert REQUIRED["BOT_TOKEN"] not in lines[0]
 
 
 async def test_the_bot_process_answers_a_photo_and_stops_cleanly_on_sigterm(tmp_path):

@@ -2,7 +2,8 @@
 
 Entities instead of parse_mode: Telegram never has to parse anything, so half-written Markdown cannot break an
 update. Splitting happens on the Markdown (paragraphs, then lines; code fences closed and reopened), so each
-message renders on its own and a part, once complete, never changes as more text arrives.
+message renders on its own and a part, once complete, never changes as more text arrives. Whatever the model
+writes is shown: only real Markdown formatting disappears into entities (see markdown_escape).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiogram.types import MessageEntity
+from telegramify_markdown import MessageEntity as RenderedEntity
 from telegramify_markdown import convert, split_entities, utf16_len
+
+from bot.services.markdown_escape import prepare, shows_everything
 
 TELEGRAM_TEXT_LIMIT = 4096
 # Rendering adds a few characters (heading and bullet symbols); keep Markdown parts below the limit.
@@ -31,10 +35,29 @@ def render(markdown: str) -> list[RenderedText]:
     """Telegram-ready messages for a Markdown answer; empty when there is nothing visible."""
     parts: list[RenderedText] = []
     for chunk in split_markdown(markdown):
-        text, entities = convert(chunk)
+        text, entities = _convert(chunk)
         for piece, piece_entities in split_entities(text, entities, TELEGRAM_TEXT_LIMIT):
             parts.append(RenderedText(piece, [MessageEntity(**entity.to_dict()) for entity in piece_entities]))
     return parts
+
+
+def _convert(chunk: str) -> tuple[str, list[RenderedEntity]]:
+    """Text and entities for one part; the part as typed when the renderer would still lose a character of it.
+
+    The fallback is deliberate: a quirk of the renderer we did not foresee (or a future version) costs the part its
+    formatting, never its content.
+    """
+    prepared = prepare(chunk)
+    if prepared is None:
+        return chunk, []
+    text, entities = convert(prepared.text, latex_escape=False)  # LaTeX delimiters: prepare, which spares code
+    text = prepared.restore(text)
+    for entity in entities:
+        entity.url = entity.url and prepared.restore(entity.url)
+        entity.language = entity.language and prepared.restore(entity.language)
+    if not shows_everything(prepared, text, entities):
+        return chunk, []
+    return text, entities
 
 
 def render_plain(text: str) -> list[RenderedText]:
@@ -91,7 +114,8 @@ def _blocks(markdown: str) -> list[str]:
 def _cut_block(block: str, budget: int) -> list[str]:
     """Cut by lines; a code fence open at a cut is closed there and reopened after, so both halves render."""
     lines = block.split("\n")
-    reserve = max((utf16_len(line) + 8 for line in lines if _fence_marker(line)), default=0)
+    # Room to close and reopen a fence; capped, or a huge fence line would leave no room for text (and no progress).
+    reserve = min(max((utf16_len(line) + 8 for line in lines if _fence_marker(line)), default=0), budget // 2)
     pieces: list[str] = []
     current: list[str] = []
     size = 0

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
+import pillow_heif
 import pytest
+from aiogram.types import Chat, Document, Message
 from PIL import ExifTags, Image, features
 
 from bot.errors import ImageError
-from bot.services.images import MAX_PIXELS, ImageTarget, prepare_image, prepare_image_async, smallest_sufficient
+from bot.handlers.inputs import image_of
+from bot.services.images import (
+    DEFAULT_TARGET,
+    MAX_PIXELS,
+    ImageTarget,
+    load_decoders,
+    prepare_image,
+    prepare_image_async,
+    smallest_sufficient,
+)
 
 RED = (220, 20, 20)
 BLUE = (20, 20, 220)
+GREEN = (20, 200, 20)
+WHITE = (255, 255, 255)
 GPS_MARKER = "SECRET-GPS-DATUM-1234"
 
 
@@ -34,25 +50,52 @@ def near(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 12
     return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A valid-looking PNG header with huge dimensions and almost no data: nothing is allocated until decoding."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
 
 
-@pytest.fixture(scope="module")
-def phone_photo() -> bytes:
-    """4000x3000 as the sensor stores it, orientation 6 (shown rotated 90° clockwise), with a GPS block.
+def solid_png(colour_type: int, bit_depth: int, pixel: bytes, *chunks: bytes) -> bytes:
+    """A 16x16 PNG of one pixel value, written by hand: Pillow cannot write 16-bit colour or a grey tRNS."""
+    header = struct.pack(">IIBBBBB", 16, 16, bit_depth, colour_type, 0, 0, 0)
+    rows = b"".join(b"\x00" + pixel * 16 for _ in range(16))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + b"".join(chunks) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
-    Left half red, right half blue: after rotation red must be on top.
-    """
-    image = Image.new("RGB", (4000, 3000), RED)
-    image.paste(BLUE, (2000, 0, 4000, 3000))
+
+def raw_exif(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """A big-endian EXIF block of (tag, type, count, value) entries, as wrong as a camera or editor may write them."""
+    values_at = 8 + 2 + 12 * len(entries) + 4
+    table, values = b"", b""
+    for tag, kind, count, value in entries:
+        inline = value.ljust(4, b"\x00") if len(value) <= 4 else struct.pack(">I", values_at + len(values))
+        values += b"" if len(value) <= 4 else value
+        table += struct.pack(">HHI", tag, kind, count) + inline
+    return (b"Exif\x00\x00MM\x00\x2a" + struct.pack(">IH", 8, len(entries)) + table + struct.pack(">I", 0)
+            + values)
+
+
+def halves(size: tuple[int, int], left: tuple[int, ...], right: tuple[int, ...], mode: str = "RGB") -> Image.Image:
+    image = Image.new(mode, size, left)
+    image.paste(right, (size[0] // 2, 0, *size))
+    return image
+
+
+def heic(image: Image.Image, **options: Any) -> bytes:
+    """Written through pillow-heif's own API: registering its Pillow opener here would hide a missing registration."""
+    out = io.BytesIO()
+    pillow_heif.from_pillow(image).save(out, quality=95, **options)
+    return out.getvalue()
+
+
+def phone_exif() -> Image.Exif:
+    """Orientation 6 (shown rotated 90° clockwise), the maker, and a GPS block."""
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6
     exif[ExifTags.Base.Make] = "PhoneMaker"
@@ -60,7 +103,22 @@ def phone_photo() -> bytes:
     gps[ExifTags.GPS.GPSLatitudeRef] = "N"
     gps[ExifTags.GPS.GPSLatitude] = (52.0, 31.0, 12.5)
     gps[ExifTags.GPS.GPSMapDatum] = GPS_MARKER
-    data = encode(image, "JPEG", exif=exif, quality=80)
+    return exif
+
+
+def assert_no_metadata(data: bytes) -> None:
+    out = decode(data)
+    assert dict(out.getexif()) == {}
+    assert "exif" not in out.info
+    assert b"Exif\x00\x00" not in data
+    assert GPS_MARKER.encode() not in data
+    assert b"PhoneMaker" not in data
+
+
+@pytest.fixture(scope="module")
+def phone_photo() -> bytes:
+    """4000x3000 as the sensor stores it, with the phone's EXIF. Left half red, right half blue: red ends on top."""
+    data = encode(halves((4000, 3000), RED, BLUE), "JPEG", exif=phone_exif(), quality=80)
     assert GPS_MARKER.encode() in data
     return data
 
@@ -78,11 +136,108 @@ def test_phone_photo_is_rotated_downscaled_and_stripped(phone_photo: bytes) -> N
     assert out.size == (768, 1024)
     assert near(out.getpixel((384, 100)), RED)
     assert near(out.getpixel((384, 924)), BLUE)
-    assert dict(out.getexif()) == {}
-    assert "exif" not in out.info
-    assert b"Exif\x00\x00" not in prepared.data
-    assert GPS_MARKER.encode() not in prepared.data
-    assert b"PhoneMaker" not in prepared.data
+    assert_no_metadata(prepared.data)
+
+
+def test_iphone_heic_is_decoded_rotated_and_stripped() -> None:
+    """pillow-heif turns the EXIF orientation into the HEIF rotation; decoding applies it once, not twice."""
+    data = heic(halves((1600, 1200), RED, BLUE), exif=phone_exif().tobytes())
+    assert data[4:12] == b"ftypheic"
+    assert GPS_MARKER.encode() in data
+
+    prepared = prepare_image(data, "heic")
+
+    out = decode(prepared.data)
+    assert (out.format, out.mode, out.size) == ("JPEG", "RGB", (768, 1024))
+    assert near(out.getpixel((384, 100)), RED)
+    assert near(out.getpixel((384, 924)), BLUE)
+    assert_no_metadata(prepared.data)
+
+
+def test_heif_gives_its_primary_image_even_when_it_is_not_the_first() -> None:
+    container = pillow_heif.from_pillow(Image.new("RGB", (64, 64), RED))
+    container.add_from_pillow(Image.new("RGB", (64, 64), BLUE))
+    out = io.BytesIO()
+    container.save(out, primary_index=1, quality=95)
+
+    assert near(decode(prepare_image(out.getvalue(), "primary").data).getpixel((32, 32)), BLUE)
+
+
+def test_heic_decodes_in_a_fresh_process_before_load_decoders_and_import_registers_nothing() -> None:
+    script = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "from bot.services.images import prepare_image\n"
+        "assert 'pillow_heif' not in sys.modules and 'HEIF' not in Image.OPEN\n"
+        "print(prepare_image(sys.stdin.buffer.read(), 'fresh').data[:2].hex())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=heic(Image.new("RGB", (32, 32), RED)),
+                          capture_output=True, check=False, timeout=60)
+
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.strip() == b"ffd8"  # a JPEG
+
+
+def test_load_decoders_registers_heif_and_can_run_twice() -> None:
+    load_decoders()
+    load_decoders()
+
+    assert "HEIF" in Image.OPEN
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
+def test_avif_is_converted() -> None:
+    out = decode(prepare_image(encode(halves((300, 200), RED, BLUE), "AVIF", quality=95), "avif").data)
+
+    assert (out.format, out.size) == ("JPEG", (300, 200))
+    assert near(out.getpixel((50, 100)), RED, tolerance=20)
+    assert near(out.getpixel((250, 100)), BLUE, tolerance=20)
+
+
+def test_mpo_from_a_phone_gives_its_main_picture_rotated_and_downscaled() -> None:
+    """Many phones store JPEGs as MPO (a second, smaller picture appended); decoded at reduced size like JPEG."""
+    main, preview = halves((4000, 3000), RED, BLUE), Image.new("RGB", (400, 300), GREEN)
+    data = encode(main, "MPO", save_all=True, append_images=[preview], exif=phone_exif(), quality=80)
+    assert decode(data).format == "MPO"
+
+    prepared = prepare_image(data, "mpo")
+
+    out = decode(prepared.data)
+    assert out.size == (768, 1024)
+    assert near(out.getpixel((384, 100)), RED)
+    assert near(out.getpixel((384, 924)), BLUE)
+    assert_no_metadata(prepared.data)
+
+
+@pytest.mark.parametrize(
+    ("exif", "rotated"),
+    [
+        (raw_exif((0x0112, 3, 1, struct.pack(">H", 0))), False),
+        (raw_exif((0x0112, 3, 1, struct.pack(">H", 9))), False),
+        (raw_exif((0x0112, 3, 1, struct.pack(">H", 255))), False),
+        (raw_exif((0x0112, 2, 2, b"6\x00")), False),  # text, not a number
+        (raw_exif((0x0112, 7, 4, b"abcd")), False),  # opaque bytes
+        (raw_exif((0x0112, 3, 1_000_000_000, b"\x00\x06")), False),  # a count pointing past the end
+        (b"Exif\x00\x00garbage", False),
+        # valid orientation beside a tag of the wrong type: ImageOps.exif_transpose raised struct.error here
+        (raw_exif((0x0112, 3, 1, struct.pack(">H", 6)), (0x0100, 2, 5, b"wide\x00")), True),
+    ],
+    ids=["zero", "nine", "255", "ascii", "undefined", "huge-count", "garbage", "bad-neighbour-tag"],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt EXIF it skips
+def test_broken_exif_orientation_gives_an_image_instead_of_an_error(exif: bytes, rotated: bool) -> None:
+    data = encode(halves((400, 200), RED, BLUE), "JPEG", exif=exif, quality=95)
+
+    out = decode(prepare_image(data, "odd-exif").data)
+
+    if rotated:  # left half red -> top half red
+        assert out.size == (200, 400)
+        assert near(out.getpixel((100, 50)), RED)
+        assert near(out.getpixel((100, 350)), BLUE)
+    else:
+        assert out.size == (400, 200)
+        assert near(out.getpixel((50, 100)), RED)
+        assert near(out.getpixel((350, 100)), BLUE)
 
 
 def test_smaller_target_is_respected(phone_photo: bytes) -> None:
@@ -120,15 +275,64 @@ def test_palette_image_with_transparent_index_gets_white() -> None:
     assert near(out.getpixel((90, 50)), (0, 200, 0))
 
 
-def test_animated_gif_uses_its_first_frame() -> None:
-    frames = [Image.new("RGB", (120, 80), color) for color in (RED, BLUE, (20, 200, 20))]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    assert decode(data).n_frames == 3
+@pytest.mark.parametrize(
+    ("image_format", "options"),
+    [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})],
+    ids=["gif", "apng", "webp"],
+)
+def test_animation_gives_its_first_frame_as_a_still_jpeg(image_format: str, options: dict[str, Any]) -> None:
+    frames = [Image.new("RGB", (120, 80), colour) for colour in (RED, BLUE, GREEN)]
+    data = encode(frames[0], image_format, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
+    source = decode(data)
+    assert (source.format, source.n_frames) == (image_format, 3)
 
-    out = decode(prepare_image(data, "gif").data)
+    out = decode(prepare_image(data, "animation").data)
 
-    assert (out.format, out.size) == ("JPEG", (120, 80))
+    assert (out.format, out.mode, out.size) == ("JPEG", "RGB", (120, 80))
+    assert getattr(out, "n_frames", 1) == 1
     assert near(out.getpixel((60, 40)), RED, tolerance=30)
+
+
+def test_cmyk_jpeg_from_photoshop_keeps_its_colours() -> None:
+    """Pillow writes CMYK JPEGs as Photoshop does (Adobe marker, inverted values) and reads them back the same way."""
+    image = Image.new("CMYK", (3200, 1200), (0, 0, 0, 0))  # white
+    for index, ink in enumerate([(255, 0, 0, 0), (0, 255, 0, 0), (0, 0, 255, 0), (0, 0, 0, 255)]):
+        image.paste(ink, (640 * (index + 1), 0, 640 * (index + 2), 1200))
+    data = encode(image, "JPEG", quality=95)
+    assert b"Adobe" in data
+
+    out = decode(prepare_image(data, "cmyk").data)
+
+    assert (out.mode, out.size) == ("RGB", (2048, 768))
+    expected = [WHITE, (0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 0, 0)]  # white, cyan, magenta, yellow, black
+    for index, colour in enumerate(expected):
+        assert near(out.getpixel((205 + 410 * index, 384)), colour, tolerance=16), index
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (solid_png(2, 16, struct.pack(">HHH", 0xDC00, 0x1400, 0x1400)), RED),
+        (solid_png(6, 16, struct.pack(">HHHH", 0xDC00, 0x1400, 0x1400, 0xFFFF)), RED),
+        (solid_png(6, 16, struct.pack(">HHHH", 0xDC00, 0x1400, 0x1400, 0)), WHITE),
+        (solid_png(4, 16, struct.pack(">HH", 0, 0x8000)), (127, 127, 127)),  # black, half transparent
+        (solid_png(4, 8, bytes([0, 0])), WHITE),
+        (solid_png(0, 16, struct.pack(">H", 0x1234), chunk(b"tRNS", struct.pack(">H", 0x1234))), WHITE),
+        (solid_png(0, 16, struct.pack(">H", 0x1234), chunk(b"tRNS", struct.pack(">H", 0x1233))), (18, 18, 18)),
+        (solid_png(0, 8, bytes([0x12]), chunk(b"tRNS", struct.pack(">H", 0x12))), WHITE),
+        (solid_png(2, 8, bytes(RED), chunk(b"tRNS", struct.pack(">HHH", *RED))), WHITE),
+        (solid_png(3, 8, b"\x00", chunk(b"PLTE", bytes(RED)), chunk(b"tRNS", b"\x80")), (237, 137, 137)),
+        (encode(Image.new("LA", (16, 16), (0, 128)), "PNG"), (127, 127, 127)),
+        (encode(Image.new("RGBA", (16, 16), (*RED, 128)).convert("PA"), "TIFF"), (237, 137, 137)),
+    ],
+    ids=["rgb16", "rgba16-opaque", "rgba16-clear", "la16-half", "la8-clear", "grey16-trns", "grey16-other-trns",
+         "grey8-trns", "rgb8-trns", "palette-half-alpha", "la", "pa"],
+)
+def test_deep_and_transparent_images_get_their_colours_on_white(data: bytes, expected: tuple[int, int, int]) -> None:
+    out = decode(prepare_image(data, "png").data)
+
+    assert (out.format, out.mode) == ("JPEG", "RGB")
+    assert near(out.getpixel((8, 8)), expected, tolerance=4)
 
 
 @pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
@@ -140,6 +344,33 @@ def test_webp_is_converted() -> None:
     assert (out.format, out.mode) == ("JPEG", "RGB")
     assert out.size == (2048, 683)
     assert near(out.getpixel((1000, 300)), BLUE)
+
+
+# --- image documents ---------------------------------------------------------------------------------------------
+
+
+def document_message(mime_type: str | None, file_name: str | None) -> Message:
+    document = Document(file_id="file", file_unique_id="unique", mime_type=mime_type, file_name=file_name)
+    return Message(message_id=1, date=datetime.now(UTC), chat=Chat(id=1, type="private"), document=document)
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "file_name"),
+    [("image/heic", "IMG_0001.HEIC"), ("image/heif", "a.heif"), ("image/avif", "b.avif"), ("image/webp", "c.webp"),
+     ("image/gif", "d.gif"), ("image/png", "e.png"), ("image/jpeg", None), ("application/octet-stream", "IMG.HEIC"),
+     (None, "photo.avif")],
+)
+def test_image_documents_are_accepted(mime_type: str | None, file_name: str | None) -> None:
+    assert image_of(document_message(mime_type, file_name), DEFAULT_TARGET) is not None
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "file_name"),
+    [("application/pdf", "report.pdf"), ("image/svg+xml", "logo.svg"), ("application/octet-stream", "notes.txt")],
+)
+def test_other_documents_are_not_images(mime_type: str, file_name: str) -> None:
+    """An SVG has no pixels to decode: 'send a photo' helps the user more than 'this image may be damaged'."""
+    assert image_of(document_message(mime_type, file_name), DEFAULT_TARGET) is None
 
 
 # --- refusing input -----------------------------------------------------------------------------------------------

@@ -11,7 +11,11 @@ from aiogram.types import Message, MessageEntity, PhotoSize, User
 from bot.services.downloads import ImageRef
 from bot.services.images import ImageTarget, smallest_sufficient
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"})
+# For documents sent without an image mime type (Telegram passes on whatever the sender's app said).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif",
+                              ".avif"})
+# Image types with no pixels to decode: "send a photo" helps the sender more than "this image may be damaged".
+VECTOR_MIME_TYPES = frozenset({"image/svg+xml"})
 
 
 @dataclass(slots=True)
@@ -103,8 +107,9 @@ def _photo_ref(sizes: list[PhotoSize], target: ImageTarget) -> ImageRef:
 
 
 def _is_image_document(mime_type: str | None, file_name: str | None) -> bool:
+    """Any raster image type: Pillow (with pillow-heif) decodes by content, whatever the name says."""
     if mime_type and mime_type.startswith("image/"):
-        return True
+        return mime_type not in VECTOR_MIME_TYPES
     return bool(file_name) and PurePosixPath(file_name.lower()).suffix in IMAGE_EXTENSIONS
 
 

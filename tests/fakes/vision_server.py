@@ -10,17 +10,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import re
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiohttp import web
-from PIL import Image
+
+from tests.fakes.vision_inputs import (
+    FETCH_TIMEOUT,
+    IMAGE_FORMATS,
+    IMAGE_INPUT_MODES,
+    TELEGRAM_FILE_MARK,
+    ZHIPU_INVALID_PARAMETER,
+    FetchedImage,
+    ImageFetcher,
+    ImageInput,
+    is_image,
+    is_remote,
+    is_zhipu_1210,
+    zhipu_download_failed,
+)
 
 # --- Error bodies exactly as real services send them ------------------------------------------------------
 # Seed relay (yewu.bcwhkj.cn) errors come with HTTP 200; the status for the others is noted per constant.
@@ -97,7 +111,7 @@ OPENAI_INVALID_IMAGE = {  # 400
     }
 }
 
-# Zhipu (open.bigmodel.cn): error.code is a string.
+# Zhipu (open.bigmodel.cn): error.code is a string. ZHIPU_INVALID_PARAMETER (1210) lives in vision_inputs.
 ZHIPU_AUTH_MISSING = {  # 401
     "error": {"code": "1001", "message": "Header中未收到Authorization参数，无法进行身份验证。"}
 }
@@ -156,9 +170,7 @@ NEW_API_NO_CHANNEL = {  # 503
 DEFAULT_USAGE = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
 
 _ROLES = ("system", "user", "assistant")
-_IMAGE_FORMATS = ("jpeg", "png", "webp", "gif")
 _DATA_URL = re.compile(r"data:([^;,]*);base64,(.*)", re.DOTALL)
-_TELEGRAM_FILE_MARK = "/file/bot"
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a decimal", bool: "a boolean", list: "an array",
                dict: "an object", type(None): "null"}
 
@@ -204,7 +216,17 @@ class HangReply:
     seconds: float
 
 
-Reply = StreamReply | JsonReply | HangReply
+@dataclass(frozen=True)
+class SilentStreamReply:
+    """Answer 200 with SSE headers at once, then send nothing (or only pings) and end the stream."""
+
+    seconds: float
+    pings: bool
+    ping_interval: float
+    drop: bool
+
+
+Reply = StreamReply | JsonReply | HangReply | SilentStreamReply
 
 
 def stream_reply(
@@ -277,6 +299,16 @@ def hang_reply(seconds: float) -> HangReply:
     return HangReply(seconds=seconds)
 
 
+def silent_stream_reply(seconds: float, pings: bool = False, *, ping_interval: float = 1.0,
+                        drop: bool = False) -> SilentStreamReply:
+    """Script a provider that accepts (200, text/event-stream) and then sends no data for `seconds`.
+
+    With `pings` only `: PING` comments arrive, every `ping_interval` seconds. Afterwards the stream ends
+    cleanly, or the connection is dropped when `drop` is set.
+    """
+    return SilentStreamReply(seconds=seconds, pings=pings, ping_interval=ping_interval, drop=drop)
+
+
 # --- Recording --------------------------------------------------------------------------------------------
 
 
@@ -291,19 +323,35 @@ class RecordedRequest:
     at: float
     first_chunk_at: float | None = None
     finished_at: float | None = None
+    fetched: list[FetchedImage] = field(default_factory=list)  # downloads made in url_only mode
 
     @property
     def messages(self) -> list[dict]:
         messages = self.body.get("messages")
         return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token the request was sent with, or None without a bearer Authorization header."""
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        return token if scheme.lower() == "bearer" else None
+
+    @property
+    def model(self) -> str | None:
+        model = self.body.get("model")
+        return model if isinstance(model, str) else None
+
     def images(self) -> list[bytes]:
-        """Decoded bytes of every inline image, in message order (remote URLs have no bytes to give)."""
-        return [image for message in self.messages for image in _message_images(message)]
+        """Bytes of every image in message order: decoded inline ones, downloaded ones for remote URLs."""
+        downloads = self._downloads()
+        return [image for message in self.messages for image in _message_images(message, downloads)]
 
     def last_user_images(self) -> list[bytes]:
         users = [m for m in self.messages if m.get("role") == "user"]
-        return _message_images(users[-1]) if users else []
+        return _message_images(users[-1], self._downloads()) if users else []
+
+    def _downloads(self) -> dict[str, bytes]:
+        return {item.url: item.data for item in self.fetched if item.data is not None}
 
     def text_parts(self) -> list[str]:
         texts: list[str] = []
@@ -330,10 +378,25 @@ class FakeVision:
     """aiohttp server on 127.0.0.1: validates requests like a real endpoint, then serves scripted replies."""
 
     def __init__(self, api_key: str = "sk-test-key-123", *, require_max_tokens: bool = False,
-                 max_images_per_request: int | None = None) -> None:
+                 max_images_per_request: int | None = None, image_input: ImageInput = "inline",
+                 error_status_200: bool = False, extra_keys: Iterable[str] = (),
+                 key_replies: Mapping[str, Reply] | None = None, models: Iterable[str] | None = None,
+                 fetch_timeout: float = FETCH_TIMEOUT) -> None:
+        """`image_input`: "inline" (data URLs or bare base64), "url_only" (the fake downloads http(s) image
+        URLs, inline images get Zhipu 1210) or "raw_base64_only" (data URLs get 1210). `error_status_200`
+        sends those 1210 rejections with HTTP 200. Keys in `key_replies` are valid too and always get their
+        reply instead of the queue's. With `models` set, any other model gets 404 model_not_found."""
+        if image_input not in IMAGE_INPUT_MODES:
+            raise ValueError(f"image_input must be one of {IMAGE_INPUT_MODES}, not {image_input!r}")
         self.api_key = api_key
+        self.extra_keys: list[str] = list(extra_keys)
+        self.key_replies: dict[str, Reply] = dict(key_replies or {})
+        self.models: set[str] | None = None if models is None else set(models)
+        self.image_input: ImageInput = image_input
+        self.error_status_200 = error_status_200
         self.require_max_tokens = require_max_tokens
         self.max_images_per_request = max_images_per_request
+        self._fetcher = ImageFetcher(fetch_timeout)
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[float] = []
         self.leaked_urls: list[str] = []
@@ -360,6 +423,7 @@ class FakeVision:
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self._port = self._runner.addresses[0][1]
         self._stopping = False
+        await self._fetcher.start()
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -367,6 +431,7 @@ class FakeVision:
         self._stopping = True
         await self._runner.cleanup()
         self._runner = None
+        await self._fetcher.close()
 
     def enqueue(self, *replies: Reply) -> None:
         self._queue.extend(replies)
@@ -397,9 +462,12 @@ class FakeVision:
         if rejection is not None:
             record.finished_at = time.monotonic()
             return rejection
-        reply = self._queue.popleft() if self._queue else self.default_reply
         try:
-            return await self._serve(reply, request, record)
+            rejection = await self._fetch_images(record)
+            if rejection is not None:
+                record.finished_at = time.monotonic()
+                return rejection
+            return await self._serve(self._next_reply(record), request, record)
         except asyncio.CancelledError:
             self._note_disconnect(record)
             raise
@@ -411,14 +479,24 @@ class FakeVision:
         if record.finished_at is None and not self._stopping:
             self.disconnects.append(time.monotonic())
 
+    def _next_reply(self, record: RecordedRequest) -> Reply:
+        key_reply = self.key_replies.get(record.api_key or "")
+        if key_reply is not None:
+            return key_reply
+        return self._queue.popleft() if self._queue else self.default_reply
+
     def _reject(self, request: web.Request, body: Any) -> web.Response | None:
         """Answer like the real endpoint would before any model runs, or None to serve the scripted reply."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or token != self.api_key:
+        if scheme.lower() != "bearer" or token not in {self.api_key, *self.extra_keys, *self.key_replies}:
             return _json_response(401, _invalid_key_body(token))
-        problem = _validate(body)
+        problem = _validate(body, self.image_input)
         if problem is not None:
-            return _json_response(400, problem)
+            return self._problem_response(problem)
+        if self.models is not None and body["model"] not in self.models:
+            return _json_response(404, _openai_error(
+                f"The model `{body['model']}` does not exist or you do not have access to it.",
+                code="model_not_found"))
         count = sum(len(_image_urls(m)) for m in body["messages"])
         if self.max_images_per_request is not None and count > self.max_images_per_request:
             return _json_response(400, _openai_error(
@@ -428,6 +506,20 @@ class FakeVision:
             return _json_response(200, {"codes": 400, "mess": "max_tokens 参数缺失", "data": ""})
         return None
 
+    def _problem_response(self, problem: dict) -> web.Response:
+        """400, except Zhipu 1210 rejections behind a relay that answers errors with 200."""
+        return _json_response(200 if self.error_status_200 and is_zhipu_1210(problem) else 400, problem)
+
+    async def _fetch_images(self, record: RecordedRequest) -> web.Response | None:
+        """In url_only mode download every distinct image URL once, as the provider would, before replying."""
+        if self.image_input != "url_only":
+            return None
+        urls = dict.fromkeys(url for message in record.messages for url in _image_urls(message))
+        results = await asyncio.gather(*(self._fetcher.fetch(url) for url in urls))
+        record.fetched += [fetched for fetched, _ in results]
+        reason = next((reason for _, reason in results if reason is not None), None)
+        return None if reason is None else self._problem_response(zhipu_download_failed(reason))
+
     async def _serve(self, reply: Reply, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if isinstance(reply, StreamReply):
             if record.body.get("stream") is True:
@@ -435,6 +527,8 @@ class FakeVision:
             return await self._serve_stream_as_json(reply, request, record)
         if isinstance(reply, JsonReply):
             return await self._serve_json(reply, request, record)
+        if isinstance(reply, SilentStreamReply):
+            return await _serve_silent_stream(reply, request, record)
         await asyncio.sleep(reply.seconds)
         _drop_connection(request, record)
         return web.Response()
@@ -537,6 +631,24 @@ async def _pace(reply: StreamReply, index: int) -> None:
         await reply.gate.wait()
 
 
+async def _serve_silent_stream(reply: SilentStreamReply, request: web.Request,
+                               record: RecordedRequest) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    deadline = time.monotonic() + reply.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, reply.ping_interval) if reply.pings else left)
+        if reply.pings and time.monotonic() < deadline:
+            await response.write(b": PING\n\n")
+    if reply.drop:
+        _drop_connection(request, record)
+        return response
+    await response.write_eof()
+    record.finished_at = time.monotonic()
+    return response
+
+
 def _drop_connection(request: web.Request, record: RecordedRequest) -> None:
     """Close the socket mid-response, as a crashing relay does; marks the request finished by the server."""
     record.finished_at = time.monotonic()
@@ -544,7 +656,7 @@ def _drop_connection(request: web.Request, record: RecordedRequest) -> None:
         request.transport.close()
 
 
-def _validate(body: Any) -> dict | None:
+def _validate(body: Any, mode: ImageInput = "inline") -> dict | None:
     """OpenAI-style 400 body for the first problem in the request, or None."""
     if not isinstance(body, dict):
         return _openai_error(
@@ -563,11 +675,11 @@ def _validate(body: Any) -> dict | None:
     if not messages:
         return _openai_error("Invalid 'messages': empty array. Expected an array with minimum length 1, but "
                              "got an empty array instead.", param="messages", code="empty_array")
-    problems = (_validate_message(message, f"messages[{i}]") for i, message in enumerate(messages))
+    problems = (_validate_message(message, f"messages[{i}]", mode) for i, message in enumerate(messages))
     return next((problem for problem in problems if problem is not None), None)
 
 
-def _validate_message(message: Any, where: str) -> dict | None:
+def _validate_message(message: Any, where: str, mode: ImageInput) -> dict | None:
     if not isinstance(message, dict):
         return _type_error(where, "an object", message)
     role = message.get("role")
@@ -579,11 +691,11 @@ def _validate_message(message: Any, where: str) -> dict | None:
         return None
     if not isinstance(content, list):
         return _type_error(f"{where}.content", "one of a string or array of objects", content)
-    problems = (_validate_part(part, f"{where}.content[{j}]") for j, part in enumerate(content))
+    problems = (_validate_part(part, f"{where}.content[{j}]", mode) for j, part in enumerate(content))
     return next((problem for problem in problems if problem is not None), None)
 
 
-def _validate_part(part: Any, where: str) -> dict | None:
+def _validate_part(part: Any, where: str, mode: ImageInput) -> dict | None:
     if not isinstance(part, dict):
         return _type_error(where, "an object", part)
     kind = part.get("type")
@@ -597,33 +709,28 @@ def _validate_part(part: Any, where: str) -> dict | None:
     if not isinstance(url, str):
         return _openai_error(f"Missing required parameter: '{where}.image_url.url'.",
                              param=f"{where}.image_url.url", code="missing_required_parameter")
-    return _validate_image_url(url, f"{where}.image_url.url")
+    return _validate_image_url(url, f"{where}.image_url.url", mode)
 
 
-def _validate_image_url(url: str, where: str) -> dict | None:
-    """Only inline images pass: a remote URL would make the provider fetch it (and a Telegram one leaks the
-    bot token)."""
-    if "/file/bot" in url or url.startswith(("http://", "https://")):
+def _validate_image_url(url: str, where: str, mode: ImageInput = "inline") -> dict | None:
+    """Inline images pass unless the mode forbids them (Zhipu 1210); remote URLs pass only in url_only mode
+    (fetched later). A Telegram file URL never passes: fetching it would use the bot token."""
+    if TELEGRAM_FILE_MARK in url or (is_remote(url) and mode != "url_only"):
         return _openai_error("invalid image url: send the image bytes as a base64 data URL; remote URLs are "
                              "not fetched.", param=where, code="invalid_image_url")
+    if mode == "url_only":
+        return None if is_remote(url) else ZHIPU_INVALID_PARAMETER
+    if mode == "raw_base64_only" and url.startswith("data:"):
+        return ZHIPU_INVALID_PARAMETER
     match = _DATA_URL.fullmatch(url)
-    if match is not None and match.group(1) not in {f"image/{f}" for f in _IMAGE_FORMATS}:
+    if match is not None and match.group(1) not in {f"image/{f}" for f in IMAGE_FORMATS}:
         return OPENAI_INVALID_IMAGE
     data = _decode_image_url(url)
-    return None if data is not None and _is_image(data) else OPENAI_INVALID_IMAGE
+    return None if data is not None and is_image(data) else OPENAI_INVALID_IMAGE
 
 
 def _is_text_part(part: Any) -> bool:
     return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-
-
-def _is_image(data: bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-            return (image.format or "").lower() in _IMAGE_FORMATS
-    except (OSError, SyntaxError, ValueError):
-        return False
 
 
 def _image_urls(message: dict) -> list[str]:
@@ -635,14 +742,16 @@ def _image_urls(message: dict) -> list[str]:
             and isinstance(p["image_url"].get("url"), str)]
 
 
-def _message_images(message: dict) -> list[bytes]:
-    decoded = (_decode_image_url(url) for url in _image_urls(message))
-    return [data for data in decoded if data is not None]
+def _message_images(message: dict, downloads: Mapping[str, bytes] | None = None) -> list[bytes]:
+    """Inline images decoded; remote ones as downloaded (`downloads` maps URL to bytes), else skipped."""
+    downloads = downloads or {}
+    found = (downloads.get(url) if is_remote(url) else _decode_image_url(url) for url in _image_urls(message))
+    return [data for data in found if data is not None]
 
 
 def _decode_image_url(url: str) -> bytes | None:
     """Bytes of a base64 data URL or of raw base64 (Zhipu style); None for remote URLs and garbage."""
-    if url.startswith(("http://", "https://")):
+    if is_remote(url):
         return None
     match = _DATA_URL.fullmatch(url)
     try:
@@ -665,13 +774,13 @@ def _telegram_file_urls(value: Any) -> list[str]:
 def _urls_around_mark(text: str) -> list[str]:
     """The whitespace-delimited words containing the mark; linear, unlike a regex over 100 KB of base64."""
     found = []
-    index = text.find(_TELEGRAM_FILE_MARK)
+    index = text.find(TELEGRAM_FILE_MARK)
     while index != -1:
         start = max(text.rfind(" ", 0, index), text.rfind("\n", 0, index)) + 1
         ends = [end for end in (text.find(" ", index), text.find("\n", index)) if end != -1]
         end = min(ends) if ends else len(text)
         found.append(text[start:end])
-        index = text.find(_TELEGRAM_FILE_MARK, end)
+        index = text.find(TELEGRAM_FILE_MARK, end)
     return found
 
 

@@ -411,3 +411,22 @@ async def test_rate_limit_for_the_whole_bot(fake: FakeTelegram) -> None:
                 "parameters": {"retry_after": 1},
             }
     assert fake.rate_limited_responses == 1
+
+
+@pytest.mark.asyncio
+async def test_chat_members_and_administrators(fake: FakeTelegram, bot: Bot) -> None:
+    owner, admin, member = make_user(1, "Olga"), make_user(2, "Ada"), make_user(3, "Max")
+    for user in (owner, admin, member):
+        fake.push_update(message_update(GROUP, user, text="hi"))
+    fake.set_chat_admins(GROUP["id"], [admin["id"]], creator_id=owner["id"])
+
+    assert (await bot.get_chat_member(GROUP["id"], owner["id"])).status == "creator"
+    promoted = await bot.get_chat_member(GROUP["id"], admin["id"])
+    assert (promoted.status, promoted.user.first_name) == ("administrator", "Ada")
+    assert (await bot.get_chat_member(GROUP["id"], member["id"])).status == "member"
+    assert [m.user.id for m in await bot.get_chat_administrators(GROUP["id"])] == [owner["id"], admin["id"]]
+    assert (await bot.get_chat_member(CHAT["id"], USER["id"])).status == "member"
+    with pytest.raises(TelegramBadRequest, match="no administrators in the private chat"):
+        await bot.get_chat_administrators(CHAT["id"])
+    with pytest.raises(TelegramBadRequest, match="member not found"):
+        await bot.get_chat_member(CHAT["id"], member["id"])

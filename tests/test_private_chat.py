@@ -111,7 +111,7 @@ async def test_commands_are_registered_and_answered(telegram, vision, start_bot)
     registered = telegram.calls_to("setMyCommands")
     assert {call.params.get("language_code") for call in registered} == {None, "zh"}
     commands = [command["command"] for command in registered[0].params["commands"]]
-    assert commands == ["start", "help", "reset", "new", "usage"]
+    assert commands == ["start", "help", "reset", "new", "model", "usage"]
 
     send_text(telegram, LI, "/start")
     texts = await answered(telegram, LI["id"])
@@ -254,7 +254,7 @@ async def test_provider_error_becomes_a_friendly_message(telegram, vision, start
 
     texts = await answered(telegram, LI["id"])
 
-    assert texts == ["机器人的 AI 额度已用完。已通知管理员，请稍后再试。"]
+    assert texts == ["机器人的 AI 额度已用完。已通知管理员。请稍后再试。"]
     await telegram.wait_for(lambda: telegram.calls_to("sendMessage", 777))
     assert "quota" in telegram.calls_to("sendMessage", 777)[0].params["text"]
     assert "codes" not in texts[0]

@@ -233,3 +233,51 @@ async def test_data_survives_a_restart(db_path: Path) -> None:
         assert (await second.load_images(["img"]))["img"].data == b"pixels"
     finally:
         await second.close()
+
+
+# --- model choice -------------------------------------------------------------------------------------------------
+
+
+async def test_chat_model_is_kept_per_chat_and_topic(store: SqliteConversationStore) -> None:
+    topic = ConversationKey(chat_id=CHAT.chat_id, thread_id=7)
+    assert await store.chat_model(CHAT) is None
+
+    await store.set_chat_model(CHAT, "gpt-4o")
+    await store.set_chat_model(topic, "gpt-4o-mini")
+    await store.set_chat_model(CHAT, "glm-4v-plus")
+
+    assert await store.chat_model(CHAT) == "glm-4v-plus"
+    assert await store.chat_model(topic) == "gpt-4o-mini"
+    assert await store.chat_model(OTHER_CHAT) is None
+    await store.set_chat_model(CHAT, None)
+    assert await store.chat_model(CHAT) is None
+    assert await store.chat_model(topic) == "gpt-4o-mini"
+
+
+async def test_clearing_the_conversation_keeps_the_model_choice(store: SqliteConversationStore) -> None:
+    await store.set_chat_model(CHAT, "gpt-4o")
+    await store.add_turn(CHAT, user("q", T0))
+
+    await store.clear(CHAT)
+    await store.prune(older_than=time.time() + DAY)
+
+    assert await store.chat_model(CHAT) == "gpt-4o"
+
+
+async def test_model_choice_survives_a_restart_and_older_databases_gain_the_table(db_path: Path) -> None:
+    first = await SqliteConversationStore.open(db_path)
+    await first.close()
+    with sqlite3.connect(db_path) as connection:  # a database from before the model choice existed
+        connection.execute("DROP TABLE chat_models")
+        connection.execute("PRAGMA user_version = 2")
+
+    second = await SqliteConversationStore.open(db_path)
+    await second.set_chat_model(CHAT, "gpt-4o")
+    await second.close()
+
+    third = await SqliteConversationStore.open(db_path)
+    try:
+        assert user_version(db_path) == len(MIGRATIONS)
+        assert await third.chat_model(CHAT) == "gpt-4o"
+    finally:
+        await third.close()

@@ -31,7 +31,7 @@ def bot_commands(language: Language) -> list[BotCommand]:
     """The menu Telegram shows; registered per language at start-up."""
     return [
         BotCommand(command=name, description=text(f"commands.{name}", language))
-        for name in ("start", "help", "reset", "new", "usage")
+        for name in ("start", "help", "reset", "new", "model", "usage")
     ]
 
 

@@ -58,6 +58,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_by_user ON usage (day, user_id);
     CREATE INDEX usage_by_chat ON usage (day, chat_id);
     """,
+    """
+    CREATE TABLE chat_models (
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER NOT NULL DEFAULT 0,
+        model TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, thread_id)
+    );
+    """,
 )
 
 # An image saved moments ago may belong to a turn that is about to be written.
@@ -199,6 +208,25 @@ class SqliteConversationStore:
         )
         return [UsageTotal(day=row[0], chat_id=row[1], outcome=row[2], error_kind=row[3] or None, answers=row[4],
                            tokens=row[5] or 0) for row in await cursor.fetchall()]
+
+    async def chat_model(self, key: ConversationKey) -> str | None:
+        cursor = await self._db.execute(
+            "SELECT model FROM chat_models WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id))
+        row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_chat_model(self, key: ConversationKey, model: str | None) -> None:
+        if model is None:
+            await self._db.execute(
+                "DELETE FROM chat_models WHERE chat_id = ? AND thread_id = ?", (key.chat_id, key.thread_id))
+        else:
+            await self._db.execute(
+                "INSERT INTO chat_models (chat_id, thread_id, model, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (chat_id, thread_id) DO UPDATE SET model = excluded.model, "
+                "updated_at = excluded.updated_at",
+                (key.chat_id, key.thread_id, model, time.time()),
+            )
+        await self._db.commit()
 
     async def _delete_orphan_images(self, now: float) -> None:
         await self._db.execute(

@@ -41,7 +41,7 @@ _JSON_FIELDS = frozenset({
 })
 _INT_FIELDS = frozenset({
     "chat_id", "message_id", "draft_id", "message_thread_id", "offset", "limit", "timeout",
-    "max_connections"
+    "max_connections", "user_id"
 })
 _BOOL_FIELDS = frozenset({
     "can_stop", "keep_on_stop", "drop_pending_updates", "allow_sending_without_reply",
@@ -71,6 +71,12 @@ _RATE_LIMITED = frozenset({
     "sendmessage", "editmessagetext", "sendmessagedraft", "sendphoto", "senddocument", "sendrichmessage"
 })
 _DEFAULT_DESCRIPTIONS = {403: "Forbidden: bot was blocked by the user"}
+# The rights every ChatMemberAdministrator carries (aiogram 3.31 requires them all).
+_ADMIN_RIGHTS = (
+    "can_manage_chat", "can_delete_messages", "can_manage_video_chats", "can_restrict_members", "can_promote_members",
+    "can_change_info", "can_invite_users", "can_post_stories", "can_edit_stories", "can_delete_stories",
+    "can_send_welcome_messages"
+)
 
 _NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are exactly the "
@@ -640,6 +646,8 @@ class FakeTelegram:
         self._poll_generation = 0
         self._webhook_allowed_updates: list[str] | None = None
         self._chats: dict[int, Json] = {}
+        self._users: dict[int, Json] = {}
+        self._chat_admins: dict[int, tuple[int | None, frozenset[int]]] = {}  # chat -> (creator, administrators)
         self._messages: dict[int, dict[int, Json]] = {}
         self._next_message_id = 10_000
         self._callback_query_ids: set[str] = set()
@@ -673,6 +681,8 @@ class FakeTelegram:
             "deleteMyCommands": self._delete_my_commands,
             "getFile": self._get_file,
             "answerCallbackQuery": self._answer_callback_query,
+            "getChatMember": self._get_chat_member,
+            "getChatAdministrators": self._get_chat_administrators,
             "close": lambda _: True,
             "logOut": lambda _: True,
         }
@@ -782,6 +792,13 @@ class FakeTelegram:
         description = description or _DEFAULT_DESCRIPTIONS.get(status) or HTTPStatus(status).phrase
         error = ApiError(status, description, retry_after)
         self._failures.append(_FailRule(method.lower(), chat_id, error, count))
+
+    def set_chat_admins(self, chat_id: int, admin_ids: list[int], *, creator_id: int | None = None) -> None:
+        """Who getChatMember / getChatAdministrators report as the group's creator and administrators.
+
+        Everyone else is an ordinary member; a group never configured has no admins at all.
+        """
+        self._chat_admins[chat_id] = (creator_id, frozenset(admin_ids) - {creator_id})
 
     def chat_messages(self, chat_id: int) -> list[Json]:
         """The bot's messages in a chat as they are now (after edits and deletions), oldest first."""
@@ -918,6 +935,9 @@ class FakeTelegram:
             if isinstance(message_id := value.get("message_id"), int):
                 self._messages.setdefault(chat["id"], {}).setdefault(message_id, copy.deepcopy(value))
                 self._next_message_id = max(self._next_message_id, message_id + 1)
+        sender = value.get("from")
+        if isinstance(sender, dict) and isinstance(sender.get("id"), int):
+            self._users.setdefault(sender["id"], copy.deepcopy(sender))
         if isinstance(value.get("chat_instance"), str) and "id" in value:
             self._callback_query_ids.add(str(value["id"]))
         for item in value.values():
@@ -1196,6 +1216,39 @@ class FakeTelegram:
             "file_size": stored.file_size,
             "file_path": stored.file_path,
         }
+
+    def _user(self, params: Json) -> Json:
+        user_id = params.get("user_id")
+        if not isinstance(user_id, int):
+            raise _bad_request("invalid user_id specified")
+        if user_id == self.bot_user["id"]:
+            return copy.deepcopy(self.bot_user)
+        unknown = {"id": user_id, "is_bot": False, "first_name": f"User {user_id}"}
+        return copy.deepcopy(self._users.get(user_id, unknown))
+
+    def _member(self, chat_id: int, user: Json) -> Json:
+        creator, admins = self._chat_admins.get(chat_id, (None, frozenset()))
+        if user["id"] == creator:
+            return {"status": "creator", "user": user, "is_anonymous": False}
+        if user["id"] in admins:
+            rights = dict.fromkeys(_ADMIN_RIGHTS, False) | {"can_manage_chat": True, "can_change_info": True}
+            return {"status": "administrator", "user": user, "can_be_edited": False, "is_anonymous": False, **rights}
+        return {"status": "member", "user": user}
+
+    def _get_chat_member(self, params: Json) -> Json:
+        chat = self._chat(params)
+        user = self._user(params)
+        if chat["type"] == "private" and user["id"] not in (chat["id"], self.bot_user["id"]):
+            raise _bad_request("member not found")
+        return self._member(chat["id"], user)
+
+    def _get_chat_administrators(self, params: Json) -> list[Json]:
+        chat = self._chat(params)
+        if chat["type"] == "private":
+            raise _bad_request("there are no administrators in the private chat")
+        creator, admins = self._chat_admins.get(chat["id"], (None, frozenset()))
+        ids = ([creator] if creator is not None else []) + sorted(admins)
+        return [self._member(chat["id"], self._user({"user_id": user_id})) for user_id in ids]
 
     def _answer_callback_query(self, params: Json) -> bool:
         query_id = str(params.get("callback_query_id", ""))

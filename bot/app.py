@@ -9,6 +9,7 @@ import signal
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from aiogram import Bot, Dispatcher
@@ -16,26 +17,31 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommandScopeDefault
 
-from bot.clients.vision import VisionClient, VisionConfig
-from bot.config import BotMode, ImageDetail, ImageFormat, Settings, parse_rate
+from bot.clients.providers import ProviderConfig, RetryPolicy
+from bot.clients.publishing import ImagePublisher, LocalImageHost
+from bot.clients.s3_publisher import S3ImagePublisher
+from bot.clients.vision import VisionClient
+from bot.config import BotMode, ImageDetail, Settings, parse_rate
 from bot.handlers import build_router
 from bot.handlers.access import AccessMiddleware
 from bot.handlers.commands import bot_commands
 from bot.handlers.middlewares import ChatOrderMiddleware
 from bot.metrics import Metrics
 from bot.services.alerts import OperatorAlerts
-from bot.services.answering import AnswerService
+from bot.services.answering import AnswerOptions, AnswerService
+from bot.services.chat_admins import ChatAdmins
 from bot.services.context import ContextLimits, ConversationContext
-from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_provider, check_telegram
+from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_providers, check_telegram
 from bot.services.downloads import ImageFetcher
 from bot.services.images import ImageTarget, load_decoders
+from bot.services.model_choice import ModelChoice
 from bot.services.ordering import AlbumCollector, ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
 from bot.services.usage import UsageGuard, UsageLimits
 from bot.storage.sqlite import SqliteConversationStore
 from bot.texts import LANGUAGES
-from bot.web import metrics_app, serve, webhook_app, webhook_path
+from bot.web import add_image_route, images_app, metrics_app, serve, webhook_app, webhook_path
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +61,51 @@ def create_bot(settings: Settings) -> Bot:
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(settings.vision_timeout, connect=PROVIDER_CONNECT_TIMEOUT)
+    timeout = httpx.Timeout(settings.vision_idle_timeout, connect=PROVIDER_CONNECT_TIMEOUT)
     limits = httpx.Limits(max_connections=PROVIDER_MAX_CONNECTIONS, max_keepalive_connections=PROVIDER_IDLE_CONNECTIONS)
     return httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": "vision-bot/0.1"})
 
 
-def vision_config(settings: Settings) -> VisionConfig:
-    return VisionConfig(
-        base_url=settings.vision_base_url,
-        api_key=settings.vision_api_key.get_secret_value(),
-        model=settings.vision_model,
-        max_tokens=settings.vision_max_tokens,
-        temperature=settings.vision_temperature,
-        timeout=settings.vision_timeout,
-        stream=settings.vision_stream,
-        image_detail=settings.vision_image_detail.value if settings.vision_image_detail else None,
-        raw_base64_images=settings.vision_image_format is ImageFormat.RAW_BASE64,
-        extra_body=settings.vision_extra_body,
-    )
+def provider_configs(settings: Settings) -> list[ProviderConfig]:
+    """The primary provider, then VISION_FALLBACKS in order; every key a plain string only from here on."""
+    shared = {"max_tokens": settings.vision_max_tokens, "temperature": settings.vision_temperature,
+              "stream": settings.vision_stream,
+              "image_detail": settings.vision_image_detail.value if settings.vision_image_detail else None}
+    # The primary's prompt is made for the chat's model (its own image limit), so the client trims nothing there.
+    providers = [ProviderConfig(
+        base_url=settings.vision_base_url, api_keys=tuple(key.get_secret_value() for key in settings.vision_api_keys),
+        model=settings.vision_model, image_format=settings.vision_image_format.value, max_images=None,
+        extra_body=settings.vision_extra_body, label="primary", **shared)]
+    for number, fallback in enumerate(settings.vision_fallbacks, start=1):
+        providers.append(ProviderConfig(
+            base_url=fallback.base_url, api_keys=tuple(key.get_secret_value() for key in fallback.api_keys),
+            model=fallback.model, image_format=fallback.image_format.value,
+            max_images=fallback.max_images_per_request, extra_body=fallback.extra_body,
+            label=f"fallback {number} ({urlparse(fallback.base_url).hostname}, {fallback.model})", **shared))
+    return providers
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(first_token_timeout=settings.vision_first_token_timeout,
+                       idle_timeout=settings.vision_idle_timeout, max_wait=settings.vision_max_wait,
+                       connect_timeout=PROVIDER_CONNECT_TIMEOUT)
+
+
+async def create_publisher(settings: Settings, stack: AsyncExitStack) -> ImagePublisher | None:
+    """PUBLIC_BASE_URL: the bot's own server; else S3 if configured; else none (images travel inline only)."""
+    if settings.public_base_url:
+        host = LocalImageHost(settings.public_base_url, ttl=settings.image_url_ttl)
+        stack.push_async_callback(host.close)
+        return host
+    if settings.s3_bucket and settings.s3_access_key_id and settings.s3_secret_access_key:
+        s3 = S3ImagePublisher(endpoint_url=settings.s3_endpoint_url, bucket=settings.s3_bucket,
+                              access_key_id=settings.s3_access_key_id,
+                              secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+                              region=settings.s3_region, ttl=settings.image_url_ttl)
+        await s3.start()
+        stack.push_async_callback(s3.close)
+        return s3
+    return None
 
 
 def image_target(settings: Settings) -> ImageTarget:
@@ -83,7 +116,8 @@ def image_target(settings: Settings) -> ImageTarget:
 
 
 def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: SqliteConversationStore,
-                      metrics: Metrics, *, image_workers: Executor) -> Dispatcher:
+                      metrics: Metrics, *, image_workers: Executor, publisher: ImagePublisher | None = None
+                      ) -> Dispatcher:
     """Every service is built here and handed to handlers as workflow data; nothing global."""
     context = ConversationContext(
         store,
@@ -103,20 +137,29 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         user_daily_tokens=settings.user_daily_tokens,
         chat_daily_tokens=settings.chat_daily_tokens,
     ))
+    alerts = OperatorAlerts(bot, settings.admin_ids)
+    model_choice = ModelChoice(store, settings.selectable_models)
+    vision = VisionClient(http, provider_configs(settings), retry_policy(settings), publisher=publisher,
+                          on_key_rested=alerts.report_key)
     answers = AnswerService(
-        vision=VisionClient(http, vision_config(settings)),
+        vision=vision,
         context=context,
         streamer=streamer,
         fetcher=ImageFetcher(bot, context, max_bytes=settings.max_image_bytes, workers=image_workers,
                              worker_count=IMAGE_WORKERS, target=target),
-        alerts=OperatorAlerts(bot, settings.admin_ids),
+        alerts=alerts,
         usage=usage,
         metrics=metrics,
+        models=model_choice,
+        options=AnswerOptions(max_images_for=settings.max_images_for, album_grid=settings.album_grid,
+                              slow_notice_after=settings.slow_notice_after),
     )
     queue = ChatQueue()
+    chat_admins = ChatAdmins(bot, settings.admin_ids)
     # No FSM: conversations live in storage; aiogram's in-memory FSM would only keep a record per user forever.
     dispatcher = Dispatcher(disable_fsm=True, settings=settings, context=context, answers=answers, chat_queue=queue,
-                            image_target=target, pacer=pacer, streamer=streamer, usage=usage)
+                            image_target=target, pacer=pacer, streamer=streamer, usage=usage,
+                            model_choice=model_choice, chat_admins=chat_admins)
     dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
     dispatcher.message.outer_middleware(AccessMiddleware(settings.allowed_user_ids, settings.allowed_chat_ids))
     dispatcher.include_router(build_router())
@@ -155,7 +198,9 @@ async def run_checks(settings: Settings) -> list[Finding]:
             findings = await check_telegram(bot)
         finally:
             await bot.session.close()
-        findings += await check_provider(VisionClient(http, vision_config(settings)))
+        async with AsyncExitStack() as stack:
+            publisher = await create_publisher(settings, stack)
+            findings += await check_providers(http, provider_configs(settings), retry_policy(settings), publisher)
     return findings
 
 
@@ -165,6 +210,7 @@ class BotApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dispatcher: Dispatcher | None = None
+        self.publisher: ImagePublisher | None = None
         self.metrics = Metrics()
         self._started = asyncio.Event()
         self._stop_webhook = asyncio.Event()
@@ -178,8 +224,10 @@ class BotApp:
             stack.push_async_callback(store.close)
             bot = create_bot(settings)
             stack.push_async_callback(bot.session.close)
+            publisher = await create_publisher(settings, stack)
+            self.publisher = publisher
             self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics,
-                                                image_workers=image_workers)
+                                                image_workers=image_workers, publisher=publisher)
             self.dispatcher.startup.register(self._mark_started)
             if settings.metrics_port is not None:
                 runner = await serve(metrics_app(self.metrics, self._started.is_set), settings.webhook_host,
@@ -188,6 +236,10 @@ class BotApp:
             if settings.bot_mode is BotMode.WEBHOOK:
                 await self._run_webhook(bot, self.dispatcher, handle_signals=handle_signals)
             else:
+                if isinstance(publisher, LocalImageHost) and settings.public_base_url:
+                    runner = await serve(images_app(publisher, settings.public_base_url), settings.webhook_host,
+                                         settings.webhook_port)
+                    stack.push_async_callback(runner.cleanup)
                 await self.dispatcher.start_polling(bot, handle_signals=handle_signals, close_bot_session=False,
                                                     allowed_updates=self.dispatcher.resolve_used_update_types())
         log.info("stopped")
@@ -198,6 +250,8 @@ class BotApp:
             raise RuntimeError("webhook mode without WEBHOOK_URL/WEBHOOK_SECRET")  # Settings already refuses this
         app = webhook_app(dispatcher, bot, webhook_url=settings.webhook_url,
                           secret=settings.webhook_secret.get_secret_value(), is_healthy=self._started.is_set)
+        if isinstance(self.publisher, LocalImageHost) and settings.public_base_url:
+            add_image_route(app, self.publisher, settings.public_base_url)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for signal_number in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -35,8 +44,12 @@ class ImageDetail(StrEnum):
 
 
 class ImageFormat(StrEnum):
+    """How images travel to the provider; `auto` learns per model what the provider accepts."""
+
+    AUTO = "auto"
     DATA_URL = "data_url"
     RAW_BASE64 = "raw_base64"
+    URL = "url"
 
 
 # Images per request by model-name prefix (longest first); other models get DEFAULT_IMAGES_PER_REQUEST.
@@ -49,6 +62,81 @@ DEFAULT_IMAGES_PER_REQUEST = 10
 
 # Fields the bot itself must control; VISION_EXTRA_BODY may add or override anything else.
 RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
+
+
+def image_limit_of(model: str) -> int:
+    """Images per request a model is known to accept (VISION_MAX_IMAGES_PER_REQUEST overrides it)."""
+    name = model.lower()
+    for prefix, limit in KNOWN_IMAGE_LIMITS:
+        if name.startswith(prefix):
+            return limit
+    return DEFAULT_IMAGES_PER_REQUEST
+
+
+def split_keys(value: SecretStr) -> list[SecretStr]:
+    """`key1,key2` -> each key on its own; whitespace around commas is ignored."""
+    return [SecretStr(part.strip()) for part in value.get_secret_value().split(",") if part.strip()]
+
+
+def _checked_extra_body(value: object) -> dict[str, Any]:
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object, e.g. {\"top_p\": 0.9}")  # noqa: TRY004 - pydantic wants ValueError
+    reserved = RESERVED_BODY_FIELDS & value.keys()
+    if reserved:
+        raise ValueError(f"may not set {', '.join(sorted(reserved))} (the bot controls them)")
+    return value
+
+
+def _checked_http_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+class FallbackProvider(BaseModel):
+    """One entry of VISION_FALLBACKS: another OpenAI-compatible provider asked when the ones before it fail."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key: SecretStr
+    model: str
+    image_format: ImageFormat = ImageFormat.AUTO
+    max_images: int | None = Field(default=None, ge=1, le=50)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _checked_http_url(value)
+
+    @field_validator("extra_body", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        return _checked_extra_body(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _some_key(cls, value: SecretStr) -> SecretStr:
+        if not split_keys(value):
+            raise ValueError("api_key is empty")
+        return value
+
+    @property
+    def api_keys(self) -> list[SecretStr]:
+        return split_keys(self.api_key)
+
+    @property
+    def max_images_per_request(self) -> int:
+        return self.max_images if self.max_images is not None else image_limit_of(self.model)
 
 
 class Settings(BaseSettings):
@@ -71,13 +159,29 @@ class Settings(BaseSettings):
     vision_model: str = "glm-4v-flash"
     vision_max_tokens: int = Field(default=1024, ge=1, le=128_000)
     vision_temperature: float | None = Field(default=None, ge=0, le=2)
-    vision_timeout: float = Field(default=120.0, gt=0, description="seconds without a byte from the provider")
+    vision_first_token_timeout: float = Field(default=40.0, gt=0, description="seconds one attempt waits for text")
+    vision_idle_timeout: float = Field(default=60.0, gt=0, validation_alias=AliasChoices(
+        "vision_idle_timeout", "vision_timeout"), description="seconds without new data once text is flowing")
+    vision_max_wait: float = Field(default=90.0, gt=0, description="seconds a question waits for its first text, "
+                                   "retries and fallbacks included")
+    slow_notice_after: float = Field(default=15.0, ge=0, description="seconds without text before saying so")
     vision_system_prompt: str | None = None
     vision_max_images_per_request: int | None = Field(default=None, ge=1, le=50)
     vision_image_detail: ImageDetail | None = None
-    vision_image_format: ImageFormat = ImageFormat.DATA_URL
+    vision_image_format: ImageFormat = ImageFormat.AUTO
     vision_stream: bool = True
     vision_extra_body: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    vision_models: Annotated[tuple[str, ...], NoDecode] = ()
+    vision_fallbacks: Annotated[tuple[FallbackProvider, ...], NoDecode] = ()
+    album_grid: bool = True
+
+    public_base_url: str | None = None
+    image_url_ttl: float = Field(default=600.0, ge=10, le=7 * 86400)
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str | None = None
 
     database_url: str = "sqlite:///data/bot.sqlite3"
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
@@ -134,27 +238,60 @@ class Settings(BaseSettings):
     @field_validator("vision_extra_body", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
+        return _checked_extra_body(value)
+
+    @field_validator("vision_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        return value
+
+    @field_validator("vision_fallbacks", mode="before")
+    @classmethod
+    def _json_list(cls, value: object) -> object:
         if isinstance(value, str):
             if not value.strip():
-                return {}
+                return ()
             try:
                 value = json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"not valid JSON ({exc})") from None
-        if not isinstance(value, dict):
-            raise ValueError("must be a JSON object, e.g. {\"top_p\": 0.9}")  # noqa: TRY004 - pydantic wants ValueError
-        reserved = RESERVED_BODY_FIELDS & value.keys()
-        if reserved:
-            raise ValueError(f"may not set {', '.join(sorted(reserved))} (the bot controls them)")
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError('must be a JSON list: [{"base_url": ..., "api_key": ..., "model": ...}]')  # noqa: TRY004
         return value
+
+    @field_validator("vision_api_key")
+    @classmethod
+    def _some_key(cls, value: SecretStr) -> SecretStr:
+        if not split_keys(value):
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("public_base_url", "s3_endpoint_url")
+    @classmethod
+    def _optional_http_url(cls, value: str | None) -> str | None:
+        return _checked_http_url(value) if value else None
+
+    @model_validator(mode="after")
+    def _publishing_complete(self) -> Settings:
+        s3 = {"S3_BUCKET": self.s3_bucket, "S3_ACCESS_KEY_ID": self.s3_access_key_id,
+              "S3_SECRET_ACCESS_KEY": self.s3_secret_access_key}
+        if any(s3.values()) and not all(s3.values()):
+            missing = ", ".join(name for name, value in s3.items() if not value)
+            raise ValueError(f"{missing} required when S3 publishing is configured")
+        formats = [self.vision_image_format, *(fallback.image_format for fallback in self.vision_fallbacks)]
+        if ImageFormat.URL in formats and not self.publishes_images:
+            raise ValueError("VISION_IMAGE_FORMAT=url needs PUBLIC_BASE_URL or S3_BUCKET (somewhere to publish "
+                             "images)")
+        return self
 
     @field_validator("vision_base_url", "telegram_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
+        return _checked_http_url(value)
 
     @field_validator("bot_token")
     @classmethod
@@ -179,16 +316,36 @@ class Settings(BaseSettings):
             raise ValueError("only sqlite:///path/to/file.sqlite3 is supported")
         return value
 
-    @property
-    def max_images_per_request(self) -> int:
-        """VISION_MAX_IMAGES_PER_REQUEST, or what the model is known to accept."""
+    def max_images_for(self, model: str) -> int:
+        """VISION_MAX_IMAGES_PER_REQUEST, or what the primary provider's model is known to accept."""
         if self.vision_max_images_per_request is not None:
             return self.vision_max_images_per_request
-        model = self.vision_model.lower()
-        for prefix, limit in KNOWN_IMAGE_LIMITS:
-            if model.startswith(prefix):
-                return limit
-        return DEFAULT_IMAGES_PER_REQUEST
+        return image_limit_of(model)
+
+    @property
+    def max_images_per_request(self) -> int:
+        return self.max_images_for(self.vision_model)
+
+    @property
+    def vision_api_keys(self) -> list[SecretStr]:
+        return split_keys(self.vision_api_key)
+
+    @property
+    def selectable_models(self) -> tuple[str, ...]:
+        """VISION_MODELS, with VISION_MODEL always first: the models users may choose per chat."""
+        return tuple(dict.fromkeys((self.vision_model, *self.vision_models)))
+
+    @property
+    def publishes_images(self) -> bool:
+        return bool(self.public_base_url or self.s3_bucket)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for log redaction: keys of every provider, tokens, passwords."""
+        values = [self.bot_token, *self.vision_api_keys, self.vision_api_key, self.webhook_secret,
+                  self.s3_secret_access_key]
+        for fallback in self.vision_fallbacks:
+            values += [fallback.api_key, *fallback.api_keys]
+        return [value.get_secret_value() for value in values if value is not None]
 
     @property
     def database_path(self) -> Path:
@@ -223,10 +380,13 @@ def load_settings(**overrides: object) -> Settings:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        variable = str(error["loc"][0]).upper() if error["loc"] else "BOT_MODE"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            problems.append(message)
+            continue
+        variable = str(error["loc"][0]).upper()
         if error["type"] == "missing":
             problems.append(f"{variable} is required but not set")
         else:
-            message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{variable} is invalid: {message}")
     return "; ".join(problems)

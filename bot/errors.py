@@ -143,3 +143,26 @@ class EmptyAnswerError(VisionError):
     """The provider finished without a single word (some relays turn errors into empty streams)."""
 
     kind = "empty_answer"
+
+
+class ProviderTimeoutError(UnavailableError):
+    """The provider said nothing in time. `maybe_billed`: the request reached it and may be charged, so it is not
+    sent to the same provider again."""
+
+    kind = "timeout"
+
+    def __init__(self, message: str, *, maybe_billed: bool = False, **details: object) -> None:
+        super().__init__(message, **details)  # type: ignore[arg-type]
+        self.maybe_billed = maybe_billed
+
+
+class ImageUrlsRequiredError(VisionError):
+    """The model takes images only as URLs, and the bot has nowhere to publish them (no PUBLIC_BASE_URL, no S3)."""
+
+    kind = "needs_image_urls"
+
+
+class ImagePublishError(VisionError):
+    """An image could not be published for a provider that fetches URLs (S3 down, bucket missing)."""
+
+    kind = "image_publish"

@@ -36,9 +36,9 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "zh": "请先发一张照片，再针对它提问。",
     },
     "unsupported_file": {
-        "en": "I can only look at images: send a photo, or an image file (JPEG, PNG, WebP, GIF) or a static "
+        "en": "I can only look at images: send a photo, or an image file (JPEG, PNG, HEIC, WebP, GIF) or a static "
         "sticker, and ask about it.",
-        "zh": "我只能看图片：请发送照片、图片文件（JPEG、PNG、WebP、GIF）或静态贴纸，然后提问。",
+        "zh": "我只能看图片：请发送照片、图片文件（JPEG、PNG、HEIC、WebP、GIF）或静态贴纸，然后提问。",
     },
     "images_capped": {
         "en": "I looked at the first {kept} of your {total} images: this model takes at most {kept} per question.",
@@ -64,12 +64,12 @@ _TEXTS: dict[str, dict[Language, str]] = {
     "commands.reset": {"en": "Forget this conversation", "zh": "清除当前对话"},
     "commands.new": {"en": "Start a new conversation", "zh": "开始新对话"},
     "error.auth": {
-        "en": "The AI service isn't accepting this bot's key right now. The owner has been told; please try later.",
-        "zh": "AI 服务暂时不接受本机器人的密钥。已通知机器人管理员，请稍后再试。",
+        "en": "The AI service isn't accepting this bot's key right now.{told} Please try later.",
+        "zh": "AI 服务暂时不接受本机器人的密钥。{told}请稍后再试。",
     },
     "error.quota": {
-        "en": "The bot's AI credit has run out. The owner has been told; please try again later.",
-        "zh": "机器人的 AI 额度已用完。已通知管理员，请稍后再试。",
+        "en": "The bot's AI credit has run out.{told} Please try again later.",
+        "zh": "机器人的 AI 额度已用完。{told}请稍后再试。",
     },
     "error.content_policy": {
         "en": "The AI service declined this request under its content rules. Try another photo or other words.",
@@ -84,12 +84,12 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "zh": "对话太长了，AI 处理不了。请发送 /reset 后重新提问。",
     },
     "error.misconfigured": {
-        "en": "The bot isn't set up correctly for its AI service. The owner has been told.",
-        "zh": "机器人的 AI 服务配置有误。已通知管理员。",
+        "en": "The bot isn't set up correctly for its AI service.{told}",
+        "zh": "机器人的 AI 服务配置有误。{told}",
     },
     "error.bad_request": {
-        "en": "The AI service couldn't process this request. The owner has been told; try rephrasing meanwhile.",
-        "zh": "AI 服务无法处理这个请求。已通知管理员，您也可以换个问法试试。",
+        "en": "The AI service couldn't process this request.{told} Try rephrasing it.",
+        "zh": "AI 服务无法处理这个请求。{told}您也可以换个问法试试。",
     },
     "error.image_rejected": {
         "en": "The AI service couldn't read this image. Try sending it as a regular photo.",
@@ -116,8 +116,8 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "zh": "无法打开这张图片，可能已损坏。请以照片方式重新发送。",
     },
     "error.image_too_large": {
-        "en": "This image is too large for me to download (over 20 MB). Please send it as a compressed photo.",
-        "zh": "这张图片太大（超过 20 MB），无法下载。请以压缩照片的方式发送。",
+        "en": "This image is too large for me to download (over {max_mb} MB). Please send it as a compressed photo.",
+        "zh": "这张图片太大（超过 {max_mb} MB），无法下载。请以压缩照片的方式发送。",
     },
     "error.image_download": {
         "en": "I couldn't download this image from Telegram. Please send it again.",
@@ -149,6 +149,48 @@ _TEXTS: dict[str, dict[Language, str]] = {
     },
     "usage_budget": {"en": " of {budget}", "zh": "（上限 {budget}）"},
     "commands.usage": {"en": "Your and this chat's usage today", "zh": "今日用量"},
+    "commands.model": {"en": "Choose the AI model for this chat", "zh": "选择本聊天使用的 AI 模型"},
+    "model_current": {
+        "en": "Current model: {model}\nTap another to switch, or send /model NAME.",
+        "zh": "当前模型：{model}\n点击其他模型即可切换，也可以发送 /model 模型名。",
+    },
+    "model_only_one": {
+        "en": "Current model: {model}. It is the only one on offer; the bot's operator can offer more with "
+        "VISION_MODELS.",
+        "zh": "当前模型：{model}。目前只提供这一个模型；机器人管理员可以通过 VISION_MODELS 提供更多模型。",
+    },
+    "model_changed": {"en": "Done: answers here now use {model}.", "zh": "好的：这里的回答现在使用 {model}。"},
+    "model_unchanged": {"en": "Answers here already use {model}.", "zh": "这里的回答已经在使用 {model}。"},
+    "model_unknown": {
+        "en": "I don't know the model “{name}”. Choose one of: {models}.",
+        "zh": "没有名为“{name}”的模型。请从以下模型中选择：{models}。",
+    },
+    "model_not_allowed": {
+        "en": "Sorry, only this group's admins can change the model.",
+        "zh": "抱歉，只有本群管理员可以更换模型。",
+    },
+    "model_menu_stale": {
+        "en": "This menu is out of date. Send /model again.",
+        "zh": "这个菜单已过期。请重新发送 /model。",
+    },
+    "error.timeout": {
+        "en": "The AI service didn't start answering in time. Please try again in a few minutes.",
+        "zh": "AI 服务没有及时开始回答。请几分钟后再试。",
+    },
+    "error.needs_image_urls": {
+        "en": "This AI model only takes images as web links, and this bot isn't set up for that: the operator must "
+        "set PUBLIC_BASE_URL or S3.",
+        "zh": "该 AI 模型只接受图片链接，而本机器人尚未配置：需要管理员设置 PUBLIC_BASE_URL 或 S3。",
+    },
+    "error.image_publish": {
+        "en": "I couldn't hand your image over to the AI service. Please try again in a few minutes.",
+        "zh": "无法把图片交给 AI 服务。请几分钟后再试。",
+    },
+    "still_waiting": {
+        "en": "⏳ Still waiting for the AI service to start answering…",
+        "zh": "⏳ 仍在等待 AI 服务开始回答……",
+    },
+    "owner_told": {"en": " The owner has been told.", "zh": "已通知管理员。"},
     "error.internal": {
         "en": "Sorry, something went wrong on my side. Please try again.",
         "zh": "抱歉，我这边出了点问题。请再试一次。",
@@ -169,7 +211,12 @@ def text(key: str, language: Language) -> str:
     return _TEXTS[key][language]
 
 
-def error_text(kind: str, language: Language) -> str:
-    """The friendly sentence for an error kind; unknown kinds fall back to the generic provider text."""
+def error_text(kind: str, language: Language, *, operators_told: bool = False, max_image_bytes: int = 20 << 20,
+               **values: object) -> str:
+    """The friendly sentence for an error kind; unknown kinds fall back to the generic provider text.
+
+    "The owner has been told" only when there is an owner to tell (ADMIN_IDS); the size limit is the configured one.
+    """
     entry = _TEXTS.get(f"error.{kind}", _TEXTS["error.provider"])
-    return entry[language]
+    told = _TEXTS["owner_told"][language] if operators_told else ""
+    return entry[language].format(told=told, max_mb=f"{max_image_bytes / (1 << 20):g}", **values)

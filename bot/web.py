@@ -1,4 +1,4 @@
-"""The bot's HTTP side: the webhook endpoint, and /healthz + /metrics for probes and Prometheus."""
+"""The bot's HTTP side: the webhook endpoint, published images for URL-only providers, /healthz and /metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_applicati
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot.clients.publishing import IMAGE_PATH_PREFIX, LocalImageHost
 from bot.metrics import Metrics
 
 HEALTH_PATH = "/healthz"
@@ -32,6 +33,31 @@ def metrics_app(metrics: Metrics, is_healthy: Callable[[], bool]) -> web.Applica
     app = web.Application()
     app.router.add_get(METRICS_PATH, exposition)
     app.router.add_get(HEALTH_PATH, health_handler(is_healthy))
+    return app
+
+
+def add_image_route(app: web.Application, host: LocalImageHost, public_base_url: str) -> None:
+    """`GET {PUBLIC_BASE_URL}/images/<token>.jpg`: the published bytes, or 404 for anything unknown or expired.
+
+    The route keeps PUBLIC_BASE_URL's path, for proxies that forward paths unchanged; there is no listing.
+    """
+
+    async def image(request: web.Request) -> web.Response:
+        found = host.lookup(request.match_info["token"])
+        if found is None:
+            raise web.HTTPNotFound
+        data, mime = found
+        return web.Response(body=data, content_type=mime, headers={
+            "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
+
+    prefix = urlparse(public_base_url).path.rstrip("/")
+    app.router.add_get(prefix + IMAGE_PATH_PREFIX + "{token:[A-Za-z0-9_-]{16,128}}.jpg", image)
+
+
+def images_app(host: LocalImageHost, public_base_url: str) -> web.Application:
+    """Polling mode has no webhook server: this one serves the published images alone."""
+    app = web.Application(client_max_size=1024)
+    add_image_route(app, host, public_base_url)
     return app
 
 

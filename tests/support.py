@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 
-from bot.clients.vision import Completion, VisionClient, VisionConfig
+from bot.clients.providers import ProviderConfig, RetryPolicy, VisionRequest
+from bot.clients.reading import Completion
+from bot.clients.vision import VisionClient
 from bot.models import PreparedImage, PromptMessage
 from tests.conftest import API_KEY, make_photo
 from tests.fakes.telegram_server import FakeTelegram, message_update, private_chat
@@ -57,15 +60,25 @@ async def ask_photos(telegram: FakeTelegram, vision: FakeVision, users: list[Jso
     return [(await answered(telegram, user["id"], before[user["id"]] + 1))[before[user["id"]]] for user in users]
 
 
-def client_for(http: httpx.AsyncClient, base_url: str, **overrides: Any) -> VisionClient:
-    """The real client with fast retries, for tests that talk to FakeVision directly."""
-    values: dict[str, Any] = {"base_url": base_url, "api_key": API_KEY, "model": "glm-4v-flash", "max_tokens": 300,
-                              "retry_delay": 0.01, "max_retry_wait": 2.0}
-    values.update(overrides)
-    return VisionClient(http, VisionConfig(**values))
+_POLICY_FIELDS = frozenset(field.name for field in dataclasses.fields(RetryPolicy))
+
+
+def client_for(http: httpx.AsyncClient, base_url: str, *, fallbacks: tuple[ProviderConfig, ...] = (),
+               client_options: dict[str, Any] | None = None, **overrides: Any) -> VisionClient:
+    """The real client with fast retries, for tests that talk to FakeVision directly.
+
+    `overrides` name `ProviderConfig` or `RetryPolicy` fields; `client_options` go to `VisionClient` itself.
+    """
+    policy: dict[str, Any] = {"retry_delay": 0.01, "max_retry_wait": 2.0}
+    provider: dict[str, Any] = {"base_url": base_url, "api_keys": (API_KEY,), "model": "glm-4v-flash",
+                                "max_tokens": 300, "image_format": "data_url"}
+    for name, value in overrides.items():
+        (policy if name in _POLICY_FIELDS else provider)[name] = value
+    return VisionClient(http, [ProviderConfig(**provider), *fallbacks], RetryPolicy(**policy),
+                        **(client_options or {}))
 
 
 async def ask(client: VisionClient, prompt: list[PromptMessage] = PROMPT) -> tuple[str, Completion]:
-    async with client.complete(client.request(prompt)) as completion:
+    async with client.complete(VisionRequest(prompt)) as completion:
         answer = "".join([delta async for delta in completion])
     return answer, completion

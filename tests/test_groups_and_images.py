@@ -192,7 +192,7 @@ async def test_an_album_of_three_photos_is_one_question_with_three_images(telegr
 
 async def test_an_album_larger_than_the_model_takes_keeps_the_first_images_and_says_so(
         telegram, vision, start_bot):
-    await start_bot(vision_max_images_per_request=2)
+    await start_bot(vision_max_images_per_request=2, album_grid=False)
     chat = private_chat(ALICE)
     for _ in range(4):
         push(telegram, chat, ALICE, photo=telegram.photo_sizes(make_photo()), media_group_id="album-2")

@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from bot import errors
+from bot.clients.providers import RetryPolicy, VisionRequest
+from bot.config import Settings
 from bot.logs import setup_logging
 from bot.texts import error_text
 from tests.conftest import API_KEY, make_photo
@@ -257,11 +259,11 @@ async def test_rate_limit_waits_retry_after_ms_then_succeeds(http: httpx.AsyncCl
 async def test_a_retried_request_is_sent_again_whole_then_let_go(http: httpx.AsyncClient, vision: FakeVision) -> None:
     vision.enqueue(error_reply(429, OPENAI_RATE_LIMIT, headers={"retry-after-ms": "20"}), stream_reply(["Do", "ne."]))
     client = client_for(http, vision.base_url)
-    request = client.request(PROMPT)
+    request = VisionRequest(PROMPT)
 
     async with client.complete(request) as completion:
-        with pytest.raises(RuntimeError, match="already accepted"):
-            _ = request.payload  # a streaming answer must not keep the images alive
+        with pytest.raises(RuntimeError, match="already answered"):
+            _ = request.messages  # a streaming answer must not keep the images alive
         answer = "".join([delta async for delta in completion])
 
     assert answer == "Done."
@@ -351,18 +353,53 @@ async def test_connection_refused_is_unavailable(http: httpx.AsyncClient) -> Non
     assert "cannot reach" in caught.value.message
 
 
-async def test_silence_longer_than_the_read_timeout_is_unavailable(vision: FakeVision) -> None:
-    vision.enqueue(hang_reply(3.0))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as http:
-        client = client_for(http, vision.base_url, timeout=0.5, unavailable_retries=0)
-        started = time.monotonic()
-        with pytest.raises(errors.UnavailableError) as caught:
-            await ask(client)
-        elapsed = time.monotonic() - started
+async def test_a_provider_that_never_starts_is_asked_twice_then_given_up(http: httpx.AsyncClient,
+                                                                         vision: FakeVision) -> None:
+    vision.enqueue(hang_reply(3.0), hang_reply(3.0))
+    client = client_for(http, vision.base_url, first_token_timeout=0.5, max_wait=5.0)
 
-    assert "timed out" in caught.value.message
-    assert 0.5 <= elapsed < 2.0
+    started = time.monotonic()
+    with pytest.raises(errors.ProviderTimeoutError) as caught:
+        await ask(client)
+    elapsed = time.monotonic() - started
+
+    assert "no text within" in caught.value.message
+    assert 1.0 <= elapsed < 2.0
+    assert len(vision.requests) == 2
+
+
+async def test_all_attempts_together_stay_within_max_wait(http: httpx.AsyncClient, vision: FakeVision) -> None:
+    vision.enqueue(hang_reply(3.0), hang_reply(3.0))
+    client = client_for(http, vision.base_url, first_token_timeout=0.6, max_wait=0.9)
+
+    started = time.monotonic()
+    with pytest.raises(errors.ProviderTimeoutError):
+        await ask(client)
+
+    assert 0.9 <= time.monotonic() - started < 1.4
+    assert len(vision.requests) == 2  # the second attempt got what was left of the 0.9 s
+
+
+async def test_a_non_streaming_request_that_times_out_is_not_sent_again(http: httpx.AsyncClient,
+                                                                        vision: FakeVision) -> None:
+    vision.enqueue(hang_reply(2.0), stream_reply(["would be billed twice"]))
+    client = client_for(http, vision.base_url, stream=False, first_token_timeout=0.5, max_wait=5.0)
+
+    with pytest.raises(errors.ProviderTimeoutError) as caught:
+        await ask(client)
+
+    assert caught.value.maybe_billed
     assert len(vision.requests) == 1
+
+
+def test_hang_limits_by_default_end_within_90_seconds() -> None:
+    """Defaults: two first-token waits (one retry, or one per provider) fit in the overall wait of 90 s."""
+    policy = RetryPolicy()
+    settings = Settings.model_construct()
+    assert policy.max_wait == 90.0 == Settings.model_fields["vision_max_wait"].default
+    assert 2 * Settings.model_fields["vision_first_token_timeout"].default <= policy.max_wait
+    assert Settings.model_fields["slow_notice_after"].default == 15.0
+    assert settings is not None
 
 
 # --- End to end: helpers ------------------------------------------------------------------------------------
@@ -440,7 +477,9 @@ async def test_admins_get_one_report_per_error_kind_with_details_and_never_the_k
         await telegram.wait_for(lambda admin=admin: len(telegram.calls_to("sendMessage", admin)) >= 2)
     await asyncio.sleep(0.3)  # a third report would have arrived by now
 
-    assert seen == [error_text("quota", "en"), error_text("quota", "en"), error_text("auth", "en")]
+    told = {"operators_told": True}
+    assert seen == [error_text("quota", "en", **told), error_text("quota", "en", **told),
+                    error_text("auth", "en", **told)]
     for admin in ADMINS:
         quota, auth = [call.params["text"] for call in telegram.calls_to("sendMessage", admin)]
         assert "quota" in quota
@@ -488,7 +527,8 @@ async def test_key_and_token_appear_in_no_telegram_call_and_no_log_line(
     await telegram.wait_for(lambda: len(telegram.calls_to("sendMessage", 777)) >= 4)
     log = capfd.readouterr().err
 
-    assert seen[0] == error_text("auth", "en") and seen[2] == error_text("quota", "en")
+    told = {"operators_told": True}
+    assert seen[0] == error_text("auth", "en", **told) and seen[2] == error_text("quota", "en", **told)
     assert seen[3].startswith("Partial")
     assert "provider error kind=auth" in log and "provider error kind=bad_request" in log
     assert "[redacted]" in log

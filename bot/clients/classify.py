@@ -115,8 +115,15 @@ def parse_body(text: str) -> Any:
 _CONTENT_FIELD = re.compile(r'"content"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
+_CHOICES_FIELD = re.compile(r'"choices"\s*:')
+
+
 def _salvage_completion(text: str) -> Any:
-    match = _CONTENT_FIELD.search(text)
+    """Only a `content` inside `choices`: one elsewhere may be the request echoed back (the user's own question)."""
+    choices = _CHOICES_FIELD.search(text)
+    if choices is None:
+        return text
+    match = _CONTENT_FIELD.search(text, choices.end())
     if match is None:
         return text
     try:
@@ -267,3 +274,16 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             continue
     return None
+
+
+# Zhipu answers 1210/1214 ("invalid parameter") to an image encoding it does not take; others name the encoding.
+_ENCODING_REJECTION = re.compile(
+    r"""['"]code['"]\s*:\s*['"]?(1210|1214)\b|base64|data:image|data url|image[ _]?(format|url|type|encoding)"""
+    r"|invalid (api )?param|参数(有误|错误|非法)|非法参数|图片格式|图像格式", re.I)
+
+
+def rejects_image_encoding(error: errors.VisionError) -> bool:
+    """Whether a request with images may have been refused for how they were encoded, not for what they show."""
+    if not isinstance(error, errors.BadRequestError | errors.ImageRejectedError):
+        return False
+    return bool(_ENCODING_REJECTION.search(f"{error.message}\n{error.body_excerpt}"))

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
+from bot.clients.providers import KeyEvent
 from bot.errors import VisionError
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,26 @@ class OperatorAlerts:
             "provider error kind=%s status=%s request_id=%s chat=%s message=%r body=%r",
             error.kind, error.status, error.request_id, chat_id, error.message, error.body_excerpt[:_EXCERPT_CHARS],
         )
-        if not self._admin_ids or not self._due(error.kind):
-            return
+        if self._due(error.kind):
+            await self._send(_describe(error, chat_id))
+
+    async def report_key(self, event: KeyEvent) -> None:
+        """A key was rejected (invalid, out of quota) and rests: told once per rest, the key named by position."""
+        await self._send("\n".join([
+            f"🔑 Provider {event.provider}: {event.key} was rejected ({event.error.kind}) and rests for "
+            f"{event.seconds / 60:.0f} minutes; other keys and providers go on answering.",
+            f"HTTP status: {event.error.status if event.error.status is not None else '-'}",
+            f"Message: {event.error.message}",
+        ]))
+
+    @property
+    def has_operators(self) -> bool:
+        return bool(self._admin_ids)
+
+    async def _send(self, text: str) -> None:
         for admin_id in self._admin_ids:
             try:
-                await self._bot.send_message(admin_id, _describe(error, chat_id), parse_mode=None)
+                await self._bot.send_message(admin_id, text, parse_mode=None)
             except TelegramAPIError as exc:
                 log.warning("cannot alert admin %s: %s", admin_id, exc)
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.clients.vision import Completion, VisionClient, VisionRequest
+from bot.clients.providers import VisionRequest
+from bot.clients.reading import Completion
+from bot.clients.vision import VisionClient
 from bot.errors import BudgetExhausted, ContextTooLongError, ImageError, RequestRefused, UserRateLimited, VisionError
 from bot.metrics import Metrics
-from bot.models import ConversationKey, PreparedImage, Turn, Usage
+from bot.models import ConversationKey, Turn, Usage
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
+from bot.services.model_choice import ModelChoice
 from bot.services.streaming import ReplyStream, ReplyStreamer, ReplyTarget
 from bot.services.usage import UsageGuard
 from bot.texts import Language, error_text, text
@@ -36,10 +40,20 @@ class Question:
     received_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerOptions:
+    max_images_for: Callable[[str], int]  # images per request a model takes
+    album_grid: bool = True  # more images than that: one numbered grid instead of dropping some
+    slow_notice_after: float = 15.0  # seconds without text before the user is told the bot is still waiting
+
+
 class AnswerService:
     def __init__(self, *, vision: VisionClient, context: ConversationContext, streamer: ReplyStreamer,
-                 fetcher: ImageFetcher, alerts: OperatorAlerts, usage: UsageGuard, metrics: Metrics) -> None:
+                 fetcher: ImageFetcher, alerts: OperatorAlerts, usage: UsageGuard, metrics: Metrics,
+                 models: ModelChoice, options: AnswerOptions) -> None:
         self._vision = vision
+        self._models = models
+        self._options = options
         self._context = context
         self._streamer = streamer
         self._fetcher = fetcher
@@ -56,16 +70,16 @@ class AnswerService:
             await self._streamer.notice(question.target, _refusal_text(exc, question.language))
             return
         stream = self._streamer.open(question.target)
-        answer = _Answer()
+        answer = _Answer(language=question.language)
         try:
             await self._answer(question, stream, answer)
         except ImageError as exc:
             log.info("image unusable in chat %s: %s", question.key.chat_id, exc)
             answer.fail(exc.kind)
-            await stream.finish_plain(error_text(exc.kind, question.language))
+            await stream.finish_plain(self._error_text(exc.kind, question.language))
         except VisionError as exc:
             answer.fail(exc.kind)
-            await self._close_failed(question, stream, answer, error_text(exc.kind, question.language))
+            await self._close_failed(question, stream, answer, self._error_text(exc.kind, question.language))
             await self._alerts.report(exc, chat_id=question.key.chat_id)
         except asyncio.CancelledError:
             answer.outcome = "cut_off"
@@ -77,12 +91,16 @@ class AnswerService:
             await stream.close()
             await self._account(question, stream, answer)
 
+    def _error_text(self, kind: str, language: Language) -> str:
+        return error_text(kind, language, operators_told=self._alerts.has_operators,
+                          max_image_bytes=self._fetcher.max_bytes)
+
     async def _account(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
         """One log line, the usage record and the metrics for every answer, whatever its end."""
         usage = await self._usage.record(
             chat_id=question.key.chat_id, user_id=question.target.asker_id, outcome=answer.outcome,
-            usage=answer.usage, question_chars=len(question.text), images=len(answer.question.image_ids)
-            if answer.question else 0, answer_chars=len(answer.text), error_kind=answer.error_kind)
+            usage=answer.usage, question_chars=len(question.text), images=answer.images_sent,
+            answer_chars=len(answer.text), error_kind=answer.error_kind)
         metrics = self._metrics
         metrics.answers.labels(answer.outcome, answer.error_kind or "").inc()
         metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
@@ -91,22 +109,22 @@ class AnswerService:
             metrics.first_text_seconds.observe(stream.first_visible_at - question.received_at)
         finished = time.monotonic()
         metrics.final_seconds.observe(finished - question.received_at)
-        log.info("answer update=%s chat=%s outcome=%s error=%s request_id=%s tokens=%d first_text_ms=%s "
-                 "total_ms=%.0f", question.update_id, question.key.chat_id, answer.outcome, answer.error_kind,
-                 answer.request_id, usage.total_tokens,
+        log.info("answer update=%s chat=%s outcome=%s error=%s provider=%s model=%s request_id=%s tokens=%d "
+                 "first_text_ms=%s total_ms=%.0f", question.update_id, question.key.chat_id, answer.outcome,
+                 answer.error_kind, answer.provider or "-", answer.model or "-", answer.request_id, usage.total_tokens,
                  f"{(stream.first_visible_at - question.received_at) * 1e3:.0f}" if stream.first_visible_at else "-",
                  (finished - question.received_at) * 1e3)
 
     async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
-        kept = question.images[: self._context.max_images_per_request]
+        answer.model = await self._models.current(question.key)
         history = await self._context.history(question.key)
         try:
-            completion = await self._stream(await self._request(question, kept, history, answer), stream, answer)
+            completion = await self._stream(await self._request(question, history, answer), stream, answer)
         except ContextTooLongError:
             if answer.text or len(history) <= _KEPT_ON_OVERFLOW:
                 raise
             log.info("context too long in chat %s; retrying with the last exchange only", question.key.chat_id)
-            request = await self._request(question, kept, history, answer, keep_turns=_KEPT_ON_OVERFLOW)
+            request = await self._request(question, history, answer, keep_turns=_KEPT_ON_OVERFLOW)
             completion = await self._stream(request, stream, answer)
         if completion is None:
             answer.outcome = "stopped"
@@ -116,8 +134,9 @@ class AnswerService:
         final = answer.text
         if completion.finish_reason == "length":
             final = f"{final}\n\n⚠️ {text('length_limit', question.language)}"
-        if len(kept) < len(question.images):
-            notice = text("images_capped", question.language).format(kept=len(kept), total=len(question.images))
+        if answer.images_sent < len(question.images) and not answer.gridded:
+            notice = text("images_capped", question.language).format(kept=answer.images_sent,
+                                                                     total=len(question.images))
             final = f"{final}\n\nℹ️ {notice}"
         await stream.finish(final)
         answer.outcome = "answered"
@@ -127,34 +146,57 @@ class AnswerService:
             Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
         )
 
-    async def _request(self, question: Question, kept: tuple[ImageRef, ...], history: list[Turn], answer: _Answer,
-                       *, keep_turns: int | None = None) -> VisionRequest:
-        """The encoded request. The images live on only inside it, and it lets go of them once the provider has it,
-        so a long answer holds none of its ~200 KB (a retry finds them prepared, in storage).
+    async def _request(self, question: Question, history: list[Turn], answer: _Answer, *,
+                       keep_turns: int | None = None) -> VisionRequest:
+        """The request. Its images live on only inside it, and it lets go of them once the answer has started, so
+        a long answer holds none of its ~200 KB (a retry finds them prepared, in storage).
+
+        More images than the model takes per request become one numbered grid (ALBUM_GRID), which is also what the
+        conversation keeps; without the grid, the first ones are kept and the answer says so.
         """
-        images = [await self._fetcher.fetch(ref) for ref in kept]
-        answer.question = self._question_turn(question, images)
-        return self._vision.request(await self._context.prompt(history, answer.question, images, keep_turns=keep_turns))
+        per_request = self._options.max_images_for(answer.model)
+        question_text = question.text
+        if len(question.images) > per_request and self._options.album_grid:
+            grid = await self._fetcher.grid([await self._fetcher.fetch(ref) for ref in question.images])
+            images = [grid.image]
+            question_text = f"{question.text}\n\n({grid.description})"
+            answer.gridded = True
+        else:
+            images = [await self._fetcher.fetch(ref) for ref in question.images[:per_request]]
+        answer.images_sent = len(images)
+        answer.question = Turn(role="user", text=question_text, created_at=self._context.now(),
+                               image_ids=tuple(image.image_id for image in images), author=question.author)
+        return VisionRequest(await self._context.prompt(history, answer.question, images, keep_turns=keep_turns,
+                                                        images_per_request=per_request))
 
     async def _stream(self, request: VisionRequest, stream: ReplyStream, answer: _Answer) -> Completion | None:
         """The answer as it streams; None when Stop was pressed (or the chat went away) first.
 
         The provider is read in a task of its own, so a stop cancels it at once, which closes the HTTP stream
-        (no more tokens billed) instead of waiting for the next token.
+        (no more tokens billed) instead of waiting for the next token. A provider slow to start gets the user told
+        that the bot is still waiting.
         """
         reader = asyncio.create_task(self._read(request, stream, answer))
         stopped = asyncio.create_task(stream.stop_requested.wait())
+        slow = asyncio.create_task(self._tell_when_slow(stream, answer))
         try:
             await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            slow.cancel()
             if not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
         return None if reader.cancelled() else reader.result()
 
+    async def _tell_when_slow(self, stream: ReplyStream, answer: _Answer) -> None:
+        await asyncio.sleep(self._options.slow_notice_after)
+        if not answer.parts:
+            stream.show_status(text("still_waiting", answer.language))
+
     async def _read(self, request: VisionRequest, stream: ReplyStream, answer: _Answer) -> Completion:
-        async with self._vision.complete(request) as completion:
+        async with self._vision.complete(request, model=answer.model) as completion:
+            answer.provider, answer.model = completion.provider, completion.model
             async for delta in completion:
                 answer.parts.append(delta)
                 stream.push(answer.text)
@@ -168,10 +210,6 @@ class AnswerService:
         else:
             await stream.finish_plain(text("stopped", question.language))
         await self._remember_partial(question, answer)
-
-    def _question_turn(self, question: Question, images: list[PreparedImage]) -> Turn:
-        return Turn(role="user", text=question.text, created_at=self._context.now(),
-                    image_ids=tuple(image.image_id for image in images), author=question.author)
 
     async def _close_failed(self, question: Question, stream: ReplyStream, answer: _Answer, note: str) -> None:
         """Show what was written plus a note (or just the note), and remember the question with its images."""
@@ -195,12 +233,17 @@ class AnswerService:
 class _Answer:
     """What an answer has produced so far, so a failure can keep it."""
 
+    language: Language = "en"
     question: Turn | None = None
     parts: list[str] = field(default_factory=list)
     outcome: str = "failed"
     error_kind: str | None = None
     usage: Usage | None = None
     request_id: str | None = None
+    model: str = ""
+    provider: str = ""
+    images_sent: int = 0
+    gridded: bool = False
 
     def fail(self, kind: str) -> None:
         self.outcome, self.error_kind = "failed", kind
@@ -212,7 +255,7 @@ class _Answer:
 
 def _refusal_text(exc: RequestRefused, language: Language) -> str:
     if isinstance(exc, UserRateLimited):
-        return error_text(exc.kind, language).format(seconds=round(exc.retry_after))
+        return error_text(exc.kind, language, seconds=round(exc.retry_after))
     if isinstance(exc, BudgetExhausted):
-        return error_text(exc.kind, language).format(scope=text(f"scope.{exc.scope}", language))
+        return error_text(exc.kind, language, scope=text(f"scope.{exc.scope}", language))
     return error_text(exc.kind, language)

@@ -50,13 +50,13 @@ class ConversationContext:
         return (await self._store.load_images([image_id])).get(image_id)
 
     async def prompt(self, history: Sequence[Turn], question: Turn, new_images: Sequence[PreparedImage], *,
-                     keep_turns: int | None = None) -> list[PromptMessage]:
+                     keep_turns: int | None = None, images_per_request: int | None = None) -> list[PromptMessage]:
         """History plus question, with the most recent images attached and older ones noted as omitted.
 
         `keep_turns` sends only the last turns (the context was too long), yet still the newest images: those of
-        dropped turns go with the first turn kept.
+        dropped turns go with the first turn kept. `images_per_request`: the chat's model's limit, if not the default.
         """
-        per_request = self._limits.max_images_per_request
+        per_request = images_per_request or self._limits.max_images_per_request
         attached_now = list(new_images)[:per_request]
         budget = min(self._limits.max_images, per_request - len(attached_now))
         wanted = _newest_image_ids(history, budget)

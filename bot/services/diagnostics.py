@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpx
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramUnauthorizedError
 from PIL import Image, ImageDraw
 
 from bot import errors
+from bot.clients.providers import ProviderConfig, RetryPolicy, VisionRequest
+from bot.clients.publishing import ImagePublisher
 from bot.clients.vision import VisionClient
 from bot.models import PreparedImage, PromptMessage
 
@@ -53,16 +57,29 @@ PRIVACY_MODE_WARNING = (
 )
 
 
-async def check_provider(client: VisionClient) -> list[Finding]:
+async def check_providers(http: httpx.AsyncClient, providers: Sequence[ProviderConfig], policy: RetryPolicy,
+                          publisher: ImagePublisher | None = None) -> list[Finding]:
+    """Every provider, and every key of each, asked once on its own (a fallback hides nothing here)."""
+    findings = []
+    for number, config in enumerate(providers):
+        for position, key in enumerate(config.api_keys, start=1):
+            single = dataclasses.replace(config, api_keys=(key,), max_tokens=min(config.max_tokens, CHECK_MAX_TOKENS))
+            subject = f"{f'Fallback {number}' if number else 'Provider'} ({config.model} at {config.base_url})"
+            if len(config.api_keys) > 1:
+                subject += f", key {position} of {len(config.api_keys)}"
+            findings.append(await _check_one(VisionClient(http, [single], policy, publisher=publisher), subject))
+    return findings
+
+
+async def _check_one(client: VisionClient, subject: str) -> Finding:
     """One tiny real request; if streaming is the problem, the same request without it tells so."""
-    subject = f"Provider ({client.config.model} at {client.config.base_url})"
     try:
         answer = await _ask(client)
     except errors.VisionError as exc:
-        if client.config.stream and isinstance(exc, _STREAMING_SYMPTOMS) and await _works_without_stream(client):
-            return [Finding(False, subject, "the endpoint does not speak SSE streaming: set VISION_STREAM=false")]
-        return [Finding(False, subject, diagnose(exc))]
-    return [Finding(True, subject, f"answered a test image: {answer.strip()[:80]!r}")]
+        if client.primary.stream and isinstance(exc, _STREAMING_SYMPTOMS) and await _works_without_stream(client):
+            return Finding(False, subject, "the endpoint does not speak SSE streaming: set VISION_STREAM=false")
+        return Finding(False, subject, diagnose(exc))
+    return Finding(True, subject, f"answered a test image: {answer.strip()[:80]!r}")
 
 
 _STREAMING_SYMPTOMS = (errors.StreamCutError, errors.EmptyAnswerError, errors.BadRequestError,
@@ -83,21 +100,24 @@ def diagnose(exc: errors.VisionError) -> str:
         "context_too_long": "the provider says the tiny test request is too long: check VISION_MAX_TOKENS",
         "empty_answer": "the provider returned an empty answer",
         "stream_cut": "the answer stopped half-way",
+        "timeout": "the provider accepted the request but sent no text in time: it may be overloaded",
+        "needs_image_urls": "this model takes images only as URLs: set PUBLIC_BASE_URL (the bot's own server, "
+                            "reachable from the internet) or S3_BUCKET and the other S3_* settings",
+        "image_publish": "the image could not be published for the provider: check the S3_* settings",
     }.get(exc.kind, "the request was refused")
     status = f"HTTP {exc.status}: " if exc.status is not None else ""
     return f"{advice} ({status}{exc.message[:200]})"
 
 
 async def _ask(client: VisionClient) -> str:
-    client = VisionClient(client.http, dataclasses.replace(
-        client.config, max_tokens=min(client.config.max_tokens, CHECK_MAX_TOKENS)))
     prompt = [PromptMessage(role="user", text=CHECK_QUESTION, images=(_test_image(),))]
-    async with client.complete(client.request(prompt)) as completion:
+    async with client.complete(VisionRequest(prompt)) as completion:
         return "".join([delta async for delta in completion])
 
 
 async def _works_without_stream(client: VisionClient) -> bool:
-    plain = VisionClient(client.http, dataclasses.replace(client.config, stream=False))
+    plain = VisionClient(client.http, [dataclasses.replace(client.primary, stream=False)], client.policy,
+                         publisher=client.publisher)
     try:
         await _ask(plain)
     except errors.VisionError:

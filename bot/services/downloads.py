@@ -6,9 +6,10 @@ Bytes always travel through us: a Telegram file URL contains the bot token and m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from aiohttp import ClientError
 from bot.errors import ImageDownloadError, ImageTooLargeError
 from bot.models import PreparedImage
 from bot.services.context import ConversationContext
+from bot.services.grid import Grid, compose_grid
 from bot.services.images import DEFAULT_TARGET, ImageTarget, prepare_image_async
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class ImageRef:
 
 
 class ImageFetcher:
+    """Telegram images in, prepared images out (and an album's grid), each prepared once and kept in storage."""
+
     def __init__(self, bot: Bot, context: ConversationContext, *, max_bytes: int, workers: Executor,
                  worker_count: int, target: ImageTarget = DEFAULT_TARGET) -> None:
         self._bot = bot
@@ -48,6 +52,10 @@ class ImageFetcher:
         self._workers = workers
         self._in_flight = asyncio.Semaphore(IN_FLIGHT_PER_WORKER * worker_count)
         self._target = target
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
 
     async def fetch(self, ref: ImageRef) -> PreparedImage:
         # The same file prepared for another target (VISION_IMAGE_DETAIL changed) is another image.
@@ -63,6 +71,15 @@ class ImageFetcher:
                                                  self._workers)
         await self._context.keep_image(prepared)
         return prepared
+
+    async def grid(self, images: Sequence[PreparedImage]) -> Grid:
+        """One numbered grid of an album, for models that take fewer images per request; kept like any image."""
+        digest = hashlib.sha256("|".join(image.image_id for image in images).encode()).hexdigest()[:32]
+        image_id = f"grid:{digest}@{self._target.long_side}x{self._target.short_side}"
+        grid = await asyncio.get_running_loop().run_in_executor(self._workers, compose_grid, images, image_id,
+                                                                 self._target)
+        await self._context.keep_image(grid.image)
+        return grid
 
     async def _file_path(self, ref: ImageRef) -> str:
         with _download_errors():

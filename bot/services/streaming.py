@@ -161,6 +161,7 @@ class ReplyStream:
         self.stream_id = stream_id  # doubles as the draft id: unique and non-zero
         self._use_drafts = use_drafts
         self._markdown = ""
+        self._status: str | None = None
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sealed_parts = 0
@@ -188,6 +189,12 @@ class ReplyStream:
         """The whole answer so far; only the newest text is ever shown."""
         self._markdown = markdown
         self._wake.set()
+
+    def show_status(self, status: str) -> None:
+        """A note of ours where the answer will appear ("still waiting"), until the answer's first text replaces it."""
+        if not self._markdown:
+            self._status = status
+            self._wake.set()
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -237,6 +244,9 @@ class ReplyStream:
                 await self._show_progress()
 
     async def _show_progress(self) -> None:
+        if not self._markdown and self._status is not None:
+            await self._show_live(render_plain(self._status)[0], status=True)
+            return
         parts = self._prepared(render(self._markdown))
         if not parts:
             return
@@ -245,13 +255,13 @@ class ReplyStream:
         if not self.gone:
             await self._show_live(parts[-1])
 
-    async def _show_live(self, part: RenderedText) -> None:
+    async def _show_live(self, part: RenderedText, *, status: bool = False) -> None:
         if part == self._live_shown:
             return
         if self._use_drafts:
             shown = await self._try_draft(part)
             if shown:
-                self._shown(part)
+                self._shown(part, status=status)
             if shown is not False or self.gone:
                 return  # shown, or skipped this time: only a refusal falls through to edited messages
         stop = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
@@ -261,13 +271,14 @@ class ReplyStream:
             if isinstance(message, Message):
                 self._live_message_id = message.message_id
                 self.sent_message_ids.append(message.message_id)
-                self._shown(part)
+                self._shown(part, status=status)
         elif await self._intermediate(self._edit_method(self._live_message_id, part, stop)) is not None:
-            self._shown(part)
+            self._shown(part, status=status)
 
-    def _shown(self, part: RenderedText) -> None:
+    def _shown(self, part: RenderedText, *, status: bool = False) -> None:
+        """A status note is not the answer: the first text still counts (and goes first) when it comes."""
         self._live_shown = part
-        if self.first_visible_at is None:
+        if self.first_visible_at is None and not status:
             self.first_visible_at = time.monotonic()
             self._stop_typing()
 

@@ -1,6 +1,8 @@
-"""Persistence: conversations and prepared images."""
+"""Persistence: conversations, prepared images, usage and the update inbox (SQLite or PostgreSQL)."""
 
 from bot.storage.base import ConversationStore
+from bot.storage.factory import open_store
+from bot.storage.postgres import PostgresConversationStore
 from bot.storage.sqlite import SqliteConversationStore
 
-__all__ = ["ConversationStore", "SqliteConversationStore"]
+__all__ = ["ConversationStore", "PostgresConversationStore", "SqliteConversationStore", "open_store"]

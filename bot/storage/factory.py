@@ -1,0 +1,21 @@
+"""The one place that turns DATABASE_URL into a store, so the rest of the bot sees only the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.storage.base import ConversationStore
+from bot.storage.postgres import PostgresConversationStore
+from bot.storage.sqlite import SqliteConversationStore
+
+SQLITE_PREFIX = "sqlite:///"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+
+async def open_store(database_url: str) -> ConversationStore:
+    """Open (and migrate) the backend the URL's scheme names: sqlite:///path or postgresql://... (postgres://...)."""
+    if database_url.startswith(SQLITE_PREFIX):
+        return await SqliteConversationStore.open(Path(database_url.removeprefix(SQLITE_PREFIX)))
+    if database_url.startswith(POSTGRES_PREFIXES):
+        return await PostgresConversationStore.open(database_url)
+    raise ValueError("database URL must start with sqlite:///, postgresql:// or postgres://")

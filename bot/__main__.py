@@ -10,6 +10,7 @@ from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 
 from bot.app import BotApp, run_checks
 from bot.config import LogFormat, Settings, SettingsError, load_settings
+from bot.intake import PollingConflict
 from bot.logs import setup_logging
 
 EXIT_CONFIG = 2
@@ -21,7 +22,7 @@ USAGE = "usage: python -m bot [check]"
 OPEN_FILES_WANTED = 65536
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code per way to end
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["check"]):
         print(USAGE, file=sys.stderr)
@@ -31,10 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = [settings.bot_token.get_secret_value(), settings.vision_api_key.get_secret_value()]
-    if settings.webhook_secret is not None:
-        secrets.append(settings.webhook_secret.get_secret_value())
-    setup_logging(settings.log_level, secrets, json_lines=settings.log_format is LogFormat.JSON)
+    setup_logging(settings.log_level, settings.secrets(), json_lines=settings.log_format is LogFormat.JSON)
     if args == ["check"]:
         return check(settings)
     raise_open_file_limit()
@@ -43,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except TelegramUnauthorizedError:
         print("Telegram rejected BOT_TOKEN: check it with @BotFather", file=sys.stderr)
         return EXIT_FAILURE
-    except TelegramNetworkError as exc:  # at start-up; once polling, aiogram retries on its own
+    except PollingConflict:
+        print("another process is already polling Telegram with this BOT_TOKEN (409 Conflict): stop it, or run "
+              "several replicas with REDIS_URL or BOT_MODE=webhook", file=sys.stderr)
+        return EXIT_FAILURE
+    except TelegramNetworkError as exc:  # at start-up; once polling, the poller retries on its own
         reason = exc.message.replace(settings.bot_token.get_secret_value(), "[redacted]")
         print(f"cannot reach Telegram at {settings.telegram_api_url}: {reason}", file=sys.stderr)
         return EXIT_FAILURE

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +26,7 @@ from bot.handlers import build_router
 from bot.handlers.access import AccessMiddleware
 from bot.handlers.commands import bot_commands
 from bot.handlers.middlewares import ChatOrderMiddleware
+from bot.intake import Intake, poll
 from bot.metrics import Metrics
 from bot.services.alerts import OperatorAlerts
 from bot.services.answering import AnswerOptions, AnswerService
@@ -33,13 +34,16 @@ from bot.services.chat_admins import ChatAdmins
 from bot.services.context import ContextLimits, ConversationContext
 from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_providers, check_telegram
 from bot.services.downloads import ImageFetcher
+from bot.services.housekeeping import Housekeeping, Retention
 from bot.services.images import ImageTarget, load_decoders
+from bot.services.inbox import Inbox
 from bot.services.model_choice import ModelChoice
 from bot.services.ordering import AlbumCollector, ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
 from bot.services.usage import UsageGuard, UsageLimits
-from bot.storage.sqlite import SqliteConversationStore
+from bot.storage.base import ConversationStore
+from bot.storage.factory import open_store
 from bot.texts import LANGUAGES
 from bot.web import add_image_route, images_app, metrics_app, serve, webhook_app, webhook_path
 
@@ -115,7 +119,7 @@ def image_target(settings: Settings) -> ImageTarget:
     return ImageTarget()
 
 
-def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: SqliteConversationStore,
+def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: ConversationStore,
                       metrics: Metrics, *, image_workers: Executor, publisher: ImagePublisher | None = None
                       ) -> Dispatcher:
     """Every service is built here and handed to handlers as workflow data; nothing global."""
@@ -139,6 +143,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
     ))
     alerts = OperatorAlerts(bot, settings.admin_ids)
     model_choice = ModelChoice(store, settings.selectable_models)
+    inbox = Inbox(store)
     vision = VisionClient(http, provider_configs(settings), retry_policy(settings), publisher=publisher,
                           on_key_rested=alerts.report_key)
     answers = AnswerService(
@@ -151,15 +156,18 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         usage=usage,
         metrics=metrics,
         models=model_choice,
+        inbox=inbox,
         options=AnswerOptions(max_images_for=settings.max_images_for, album_grid=settings.album_grid,
-                              slow_notice_after=settings.slow_notice_after),
+                              slow_notice_after=settings.slow_notice_after, resume_max_age=settings.resume_max_age),
     )
     queue = ChatQueue()
     chat_admins = ChatAdmins(bot, settings.admin_ids)
     # No FSM: conversations live in storage; aiogram's in-memory FSM would only keep a record per user forever.
     dispatcher = Dispatcher(disable_fsm=True, settings=settings, context=context, answers=answers, chat_queue=queue,
                             image_target=target, pacer=pacer, streamer=streamer, usage=usage,
-                            model_choice=model_choice, chat_admins=chat_admins)
+                            model_choice=model_choice, chat_admins=chat_admins, inbox=inbox,
+                            housekeeping=Housekeeping(store, context, inbox, Retention(
+                                inbox_seconds=settings.inbox_retention, usage_days=settings.usage_retention_days)))
     dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
     dispatcher.message.outer_middleware(AccessMiddleware(settings.allowed_user_ids, settings.allowed_chat_ids))
     dispatcher.include_router(build_router())
@@ -168,7 +176,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
     return dispatcher
 
 
-async def _on_startup(bot: Bot, context: ConversationContext, settings: Settings, dispatcher: Dispatcher) -> None:
+async def _on_startup(bot: Bot, settings: Settings, dispatcher: Dispatcher) -> None:
     if settings.bot_mode is BotMode.WEBHOOK and settings.webhook_url and settings.webhook_secret:
         await bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
                               allowed_updates=dispatcher.resolve_used_update_types(), drop_pending_updates=False)
@@ -181,8 +189,7 @@ async def _on_startup(bot: Bot, context: ConversationContext, settings: Settings
     me = await bot.me()
     if not me.can_read_all_group_messages:
         log.warning("@%s: %s", me.username, PRIVACY_MODE_WARNING)
-    pruned = await context.prune()
-    log.info("ready as @%s; pruned %d expired turn(s)", me.username, pruned)
+    log.info("ready as @%s", me.username)
 
 
 async def _on_shutdown(settings: Settings, chat_queue: ChatQueue, pacer: UpdatePacer) -> None:
@@ -213,14 +220,18 @@ class BotApp:
         self.publisher: ImagePublisher | None = None
         self.metrics = Metrics()
         self._started = asyncio.Event()
-        self._stop_webhook = asyncio.Event()
+        self._stop = asyncio.Event()
 
     async def run(self, *, handle_signals: bool = True) -> None:
         settings = self.settings
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signal_number, self._stop.set)
         async with AsyncExitStack() as stack:
             http = await stack.enter_async_context(create_http_client(settings))
             image_workers = stack.enter_context(ThreadPoolExecutor(IMAGE_WORKERS, thread_name_prefix="image"))
-            store = await SqliteConversationStore.open(settings.database_path)
+            store = await open_store(settings.database_url)
             stack.push_async_callback(store.close)
             bot = create_bot(settings)
             stack.push_async_callback(bot.session.close)
@@ -229,38 +240,48 @@ class BotApp:
             self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics,
                                                 image_workers=image_workers, publisher=publisher)
             self.dispatcher.startup.register(self._mark_started)
+            intake = Intake(self.dispatcher, bot, self.dispatcher["inbox"])
+            stack.push_async_callback(intake.close)
+            sweeper = asyncio.create_task(self.dispatcher["housekeeping"].run(), name="housekeeping")
+            stack.push_async_callback(_cancelled, sweeper)
             if settings.metrics_port is not None:
                 runner = await serve(metrics_app(self.metrics, self._started.is_set), settings.webhook_host,
                                      settings.metrics_port)
                 stack.push_async_callback(runner.cleanup)
             if settings.bot_mode is BotMode.WEBHOOK:
-                await self._run_webhook(bot, self.dispatcher, handle_signals=handle_signals)
+                await self._run_webhook(bot, self.dispatcher, intake)
             else:
-                if isinstance(publisher, LocalImageHost) and settings.public_base_url:
-                    runner = await serve(images_app(publisher, settings.public_base_url), settings.webhook_host,
-                                         settings.webhook_port)
-                    stack.push_async_callback(runner.cleanup)
-                await self.dispatcher.start_polling(bot, handle_signals=handle_signals, close_bot_session=False,
-                                                    allowed_updates=self.dispatcher.resolve_used_update_types())
+                await self._run_polling(bot, self.dispatcher, intake, stack)
         log.info("stopped")
 
-    async def _run_webhook(self, bot: Bot, dispatcher: Dispatcher, *, handle_signals: bool) -> None:
+    async def _run_polling(self, bot: Bot, dispatcher: Dispatcher, intake: Intake, stack: AsyncExitStack) -> None:
+        settings = self.settings
+        if isinstance(self.publisher, LocalImageHost) and settings.public_base_url:
+            runner = await serve(images_app(self.publisher, settings.public_base_url), settings.webhook_host,
+                                 settings.webhook_port)
+            stack.push_async_callback(runner.cleanup)
+        workflow = {"dispatcher": dispatcher, "bots": (bot,), **dispatcher.workflow_data}
+        await dispatcher.emit_startup(bot=bot, **workflow)
+        try:
+            await intake.resume()
+            await poll(bot, intake, self._stop, allowed_updates=dispatcher.resolve_used_update_types())
+        finally:
+            await dispatcher.emit_shutdown(bot=bot, **workflow)  # in-flight answers drain first
+
+    async def _run_webhook(self, bot: Bot, dispatcher: Dispatcher, intake: Intake) -> None:
         settings = self.settings
         if settings.webhook_url is None or settings.webhook_secret is None:
             raise RuntimeError("webhook mode without WEBHOOK_URL/WEBHOOK_SECRET")  # Settings already refuses this
-        app = webhook_app(dispatcher, bot, webhook_url=settings.webhook_url,
+        app = webhook_app(dispatcher, bot, intake, webhook_url=settings.webhook_url,
                           secret=settings.webhook_secret.get_secret_value(), is_healthy=self._started.is_set)
         if isinstance(self.publisher, LocalImageHost) and settings.public_base_url:
             add_image_route(app, self.publisher, settings.public_base_url)
-        if handle_signals:
-            loop = asyncio.get_running_loop()
-            for signal_number in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signal_number, self._stop_webhook.set)
         runner = await serve(app, settings.webhook_host, settings.webhook_port)
         log.info("webhook server on %s:%s%s", settings.webhook_host, settings.webhook_port,
                  webhook_path(settings.webhook_url))
         try:
-            await self._stop_webhook.wait()
+            await intake.resume()
+            await self._stop.wait()
         finally:
             await runner.cleanup()  # runs the dispatcher's shutdown: in-flight answers drain first
 
@@ -271,7 +292,10 @@ class BotApp:
         await self._started.wait()
 
     async def stop(self) -> None:
-        if self.settings.bot_mode is BotMode.WEBHOOK:
-            self._stop_webhook.set()
-        elif self.dispatcher is not None:
-            await self.dispatcher.stop_polling()
+        self._stop.set()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlparse
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -21,122 +17,22 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-class StreamMode(StrEnum):
-    AUTO = "auto"
-    EDIT = "edit"
-
-
-class BotMode(StrEnum):
-    POLLING = "polling"
-    WEBHOOK = "webhook"
-
-
-class LogFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-
-
-class ImageDetail(StrEnum):
-    AUTO = "auto"
-    LOW = "low"
-    HIGH = "high"
-
-
-class ImageFormat(StrEnum):
-    """How images travel to the provider; `auto` learns per model what the provider accepts."""
-
-    AUTO = "auto"
-    DATA_URL = "data_url"
-    RAW_BASE64 = "raw_base64"
-    URL = "url"
-
-
-# Images per request by model-name prefix (longest first); other models get DEFAULT_IMAGES_PER_REQUEST.
-KNOWN_IMAGE_LIMITS: tuple[tuple[str, int], ...] = (
-    ("glm-4v-flash", 1),
-    ("glm-4v-plus", 5),
-    ("glm-4v", 1),
+from bot.config_values import (
+    BotMode,
+    FallbackProvider,
+    ImageDetail,
+    ImageFormat,
+    LogFormat,
+    StreamMode,
+    checked_extra_body,
+    checked_http_url,
+    image_limit_of,
+    parse_rate,
+    split_keys,
 )
-DEFAULT_IMAGES_PER_REQUEST = 10
 
-# Fields the bot itself must control; VISION_EXTRA_BODY may add or override anything else.
-RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
-
-
-def image_limit_of(model: str) -> int:
-    """Images per request a model is known to accept (VISION_MAX_IMAGES_PER_REQUEST overrides it)."""
-    name = model.lower()
-    for prefix, limit in KNOWN_IMAGE_LIMITS:
-        if name.startswith(prefix):
-            return limit
-    return DEFAULT_IMAGES_PER_REQUEST
-
-
-def split_keys(value: SecretStr) -> list[SecretStr]:
-    """`key1,key2` -> each key on its own; whitespace around commas is ignored."""
-    return [SecretStr(part.strip()) for part in value.get_secret_value().split(",") if part.strip()]
-
-
-def _checked_extra_body(value: object) -> dict[str, Any]:
-    if isinstance(value, str):
-        if not value.strip():
-            return {}
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError("must be a JSON object, e.g. {\"top_p\": 0.9}")  # noqa: TRY004 - pydantic wants ValueError
-    reserved = RESERVED_BODY_FIELDS & value.keys()
-    if reserved:
-        raise ValueError(f"may not set {', '.join(sorted(reserved))} (the bot controls them)")
-    return value
-
-
-def _checked_http_url(value: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("must be an http(s) URL")
-    return value.rstrip("/")
-
-
-class FallbackProvider(BaseModel):
-    """One entry of VISION_FALLBACKS: another OpenAI-compatible provider asked when the ones before it fail."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str
-    api_key: SecretStr
-    model: str
-    image_format: ImageFormat = ImageFormat.AUTO
-    max_images: int | None = Field(default=None, ge=1, le=50)
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        return _checked_http_url(value)
-
-    @field_validator("extra_body", mode="before")
-    @classmethod
-    def _json_object(cls, value: object) -> object:
-        return _checked_extra_body(value)
-
-    @field_validator("api_key")
-    @classmethod
-    def _some_key(cls, value: SecretStr) -> SecretStr:
-        if not split_keys(value):
-            raise ValueError("api_key is empty")
-        return value
-
-    @property
-    def api_keys(self) -> list[SecretStr]:
-        return split_keys(self.api_key)
-
-    @property
-    def max_images_per_request(self) -> int:
-        return self.max_images if self.max_images is not None else image_limit_of(self.model)
+__all__ = ["BotMode", "FallbackProvider", "ImageDetail", "ImageFormat", "LogFormat", "Settings", "SettingsError",
+           "StreamMode", "load_settings", "parse_rate"]
 
 
 class Settings(BaseSettings):
@@ -201,6 +97,11 @@ class Settings(BaseSettings):
     stream_mode: StreamMode = StreamMode.AUTO
     rich_messages: bool = False
     shutdown_grace: float = Field(default=15.0, ge=0, description="seconds in-flight answers get to finish")
+    resume_max_age: float = Field(default=600.0, ge=0, description="seconds after which an interrupted question "
+                                  "is not answered after a restart, but the asker told to ask again")
+    inbox_retention: float = Field(default=7 * 86400, ge=60, description="seconds handled updates are remembered "
+                                   "(duplicates within it are ignored)")
+    usage_retention_days: int = Field(default=400, ge=1, description="days of usage records kept for /stats")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
     @field_validator("admin_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
@@ -238,7 +139,7 @@ class Settings(BaseSettings):
     @field_validator("vision_extra_body", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
-        return _checked_extra_body(value)
+        return checked_extra_body(value)
 
     @field_validator("vision_models", mode="before")
     @classmethod
@@ -273,7 +174,7 @@ class Settings(BaseSettings):
     @field_validator("public_base_url", "s3_endpoint_url")
     @classmethod
     def _optional_http_url(cls, value: str | None) -> str | None:
-        return _checked_http_url(value) if value else None
+        return checked_http_url(value) if value else None
 
     @model_validator(mode="after")
     def _publishing_complete(self) -> Settings:
@@ -291,7 +192,7 @@ class Settings(BaseSettings):
     @field_validator("vision_base_url", "telegram_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        return _checked_http_url(value)
+        return checked_http_url(value)
 
     @field_validator("bot_token")
     @classmethod
@@ -311,9 +212,9 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///path/to/file.sqlite3 is supported")
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///path/to/file.sqlite3 or postgresql://user:password@host:port/database")
         return value
 
     def max_images_for(self, model: str) -> int:
@@ -348,21 +249,11 @@ class Settings(BaseSettings):
         return [value.get_secret_value() for value in values if value is not None]
 
     @property
-    def database_path(self) -> Path:
+    def database_path(self) -> Path | None:
+        """The SQLite file; None when the database is a PostgreSQL server."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
         return Path(self.database_url.removeprefix("sqlite:///"))
-
-
-_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}
-
-
-def parse_rate(value: str) -> tuple[int, int]:
-    """'10/min' -> (10, 60): that many requests per that many seconds."""
-    count, _, unit = value.strip().partition("/")
-    unit = unit.strip().lower()
-    seconds = _RATE_UNITS.get(unit) or _RATE_UNITS.get(unit.removesuffix("s"))
-    if not count.strip().isdigit() or int(count) < 1 or seconds is None:
-        raise ValueError("must look like 10/min (units: s, min, hour, day)")
-    return int(count), seconds
 
 
 class SettingsError(Exception):
@@ -384,9 +275,12 @@ def _describe(exc: ValidationError) -> str:
         if not error["loc"]:  # a rule across settings: its message names them
             problems.append(message)
             continue
-        variable = str(error["loc"][0]).upper()
+        variable, *inside = error["loc"]
+        name = str(variable).upper()
+        # Inside a JSON setting (VISION_FALLBACKS): the entry and field, e.g. "[0].api_key".
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in inside).lstrip(".")
         if error["type"] == "missing":
-            problems.append(f"{variable} is required but not set")
+            problems.append(f"{name} is invalid: {where} is required" if where else f"{name} is required but not set")
         else:
-            problems.append(f"{variable} is invalid: {message}")
+            problems.append(f"{name} is invalid: {where + ': ' if where else ''}{message}")
     return "; ".join(problems)

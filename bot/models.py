@@ -73,3 +73,21 @@ class UsageTotal:
     error_kind: str | None
     answers: int
     tokens: int
+
+
+# An update's way through the inbox: received (recorded, not yet handled), asking (the provider is being asked;
+# `message_id` is the half-written answer, if any), generated (the full answer is known, not yet delivered), then
+# done or failed. After a crash, every update not done or failed is handled again.
+UNFINISHED_STATES = ("received", "asking", "generated")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    update_id: int
+    chat_id: int | None
+    payload: str  # the update as Telegram sent it (JSON)
+    state: str
+    received_at: float
+    updated_at: float
+    message_id: int | None = None
+    answer: str | None = None

@@ -17,11 +17,13 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "en": "How to use me:\n"
         "• Send a photo, with your question as the caption (or none, for a description).\n"
         "• Ask follow-up questions as plain messages: I remember the photo.\n"
-        "• /reset (or /new) forgets this conversation.",
+        "• /reset (or /new) forgets this conversation.\n"
+        "• /model shows or changes the AI model of this chat.",
         "zh": "使用方法：\n"
         "• 发送一张照片，把问题写在说明里（不写则给出描述）。\n"
         "• 直接发消息继续提问：我会记得这张照片。\n"
-        "• /reset（或 /new）清除本次对话。",
+        "• /reset（或 /new）清除本次对话。\n"
+        "• /model 查看或更换本聊天使用的 AI 模型。",
     },
     "reset_done": {
         "en": "Done, I've forgotten this conversation. Send a new photo whenever you like.",

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from urllib.parse import urlparse
 
 from aiogram import Bot, Dispatcher
-from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiogram.types import Update
+from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 
 from bot.clients.publishing import IMAGE_PATH_PREFIX, LocalImageHost
+from bot.intake import Intake
 from bot.metrics import Metrics
 
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 
@@ -65,14 +70,25 @@ def webhook_path(webhook_url: str) -> str:
     return urlparse(webhook_url).path or "/"
 
 
-def webhook_app(dispatcher: Dispatcher, bot: Bot, *, webhook_url: str, secret: str,
+def webhook_app(dispatcher: Dispatcher, bot: Bot, intake: Intake, *, webhook_url: str, secret: str,
                 is_healthy: Callable[[], bool]) -> web.Application:
-    """aiogram's handler refuses (401) any request without Telegram's X-Telegram-Bot-Api-Secret-Token."""
+    """Telegram's POSTs: refused (401) without the secret header; answered 200 only once the update is recorded
+    (a storage failure answers 500, so Telegram delivers it again); handled after the answer."""
     app = web.Application(client_max_size=1024 * 1024)
-    # First: on shutdown the dispatcher drains in-flight answers before the handler closes the bot's session.
+    # First: on shutdown the dispatcher drains in-flight answers before the bot's session is closed.
     setup_application(app, dispatcher, bot=bot)
-    SimpleRequestHandler(dispatcher=dispatcher, bot=bot, secret_token=secret).register(
-        app, path=webhook_path(webhook_url))
+
+    async def receive(request: web.Request) -> web.Response:
+        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), secret.encode()):
+            return web.Response(status=401, text="Unauthorized")
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": bot})
+        except (ValueError, ValidationError):
+            return web.Response(status=400, text="not an update")
+        await intake.accept(update)
+        return web.json_response({})
+
+    app.router.add_post(webhook_path(webhook_url), receive)
     app.router.add_get(HEALTH_PATH, health_handler(is_healthy))
     return app
 

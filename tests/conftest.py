@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from bot.app import BotApp
@@ -110,3 +111,41 @@ def make_photo(width: int = 1280, height: int = 960, color: tuple[int, int, int]
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 protocol server (moto) on loopback for the whole run; port 0: the OS picks, read back after start."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """botocore must not read the developer's AWS profile, probe instance metadata or go through a proxy."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """URL of a fresh, empty PostgreSQL database (TEST_POSTGRES_DSN's server), dropped after the test."""
+    from tests.postgres import fresh_database
+
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis tests share (TEST_REDIS_URL, else the local one); each test keeps to its own key prefix."""
+    import os
+
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = {"BOT_TOKEN": "123456:ABCdef", "VISION_BASE_URL": "http://127.0.0.1:9/v1", "VISION_API_KEY": "sk-x"}
 
 
-async def run_bot_process(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+async def run_bot_process(env: dict[str, str], cwd: Path, *, stdout: Any = asyncio.subprocess.PIPE,
+                          stderr: Any = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
     clean = {key: value for key, value in os.environ.items()
              if not key.startswith(("BOT_", "VISION_", "TELEGRAM_", "DATABASE_", "CONTEXT_", "STREAM_"))}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", cwd=cwd, env={**clean, "PYTHONPATH": str(ROOT), **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_low_open_file_limit)
+        stdout=stdout, stderr=stderr, preexec_fn=_low_open_file_limit)
 
 
 def _low_open_file_limit() -> None:
@@ -50,13 +52,22 @@ def _open_file_limit(pid: int) -> int:
         (None, {"STREAM_MODE": "fast"}, "STREAM_MODE is invalid"),
         (None, {"BOT_TOKEN": "not-a-token"}, "BOT_TOKEN is invalid"),
         (None, {"ADMIN_IDS": "12,abc"}, "ADMIN_IDS is invalid"),
+        (None, {"VISION_API_KEY": " , "}, "VISION_API_KEY is invalid"),
+        (None, {"VISION_FALLBACKS": "[{"}, "VISION_FALLBACKS is invalid: not valid JSON"),
+        (None, {"VISION_FALLBACKS": '[{"base_url": "http://x/v1", "model": "m"}]'}, "VISION_FALLBACKS is invalid"),
+        (None, {"VISION_FALLBACKS": '[{"base_url": "http://x/v1", "api_key": "sk-y", "model": "m", '
+                                    '"extra_body": {"messages": []}}]'}, "may not set messages"),
+        (None, {"VISION_IMAGE_FORMAT": "url"}, "VISION_IMAGE_FORMAT=url needs PUBLIC_BASE_URL or S3_BUCKET"),
+        (None, {"S3_BUCKET": "b"}, "S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY required"),
+        (None, {"PUBLIC_BASE_URL": "bot.example.com"}, "PUBLIC_BASE_URL is invalid: must be an http(s) URL"),
     ],
 )
 def test_each_bad_setting_is_named_in_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, missing, extra,
                                                                   expected):
     monkeypatch.chdir(tmp_path)
     for key in os.environ:
-        if key.startswith(("BOT_", "VISION_", "TELEGRAM_", "DATABASE_", "CONTEXT_", "STREAM_", "ADMIN_")):
+        if key.startswith(("BOT_", "VISION_", "TELEGRAM_", "DATABASE_", "CONTEXT_", "STREAM_", "ADMIN_", "S3_",
+                           "PUBLIC_")):
             monkeypatch.delenv(key)
     for key, value in ({k: v for k, v in REQUIRED.items() if k != missing} | extra).items():
         monkeypatch.setenv(key, value)
@@ -66,7 +77,7 @@ def test_each_bad_setting_is_named_in_one_line_with_exit_code_2(tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert expected in err[0]
-    assert "sk-x" not in err[0]
+    assert "sk-x" not in err[0] and "sk-y" not in err[0]
 
 
 async def test_the_real_process_exits_2_naming_a_missing_token(tmp_path):

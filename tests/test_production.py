@@ -58,6 +58,26 @@ async def test_webhook_refuses_a_wrong_secret_and_answers_a_right_one(telegram: 
     assert vision.requests[0].text_parts() == ["hello there"]
 
 
+async def test_a_webhook_retry_of_the_same_update_is_answered_once(telegram: FakeTelegram, vision: FakeVision,
+                                                                   start_bot) -> None:
+    port = free_port()
+    await start_bot(bot_mode="webhook", webhook_url=WEBHOOK_URL, webhook_secret=SECRET, webhook_host="127.0.0.1",
+                    webhook_port=port)
+    update = {"update_id": 777, **message_update(private_chat(ALICE), ALICE, text="once, please")}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+
+    async with httpx.AsyncClient() as client:
+        first = await client.post(f"http://127.0.0.1:{port}/tg/hook", json=update, headers=headers)
+        second = await client.post(f"http://127.0.0.1:{port}/tg/hook", json=update, headers=headers)
+        await answered(telegram, ALICE["id"])
+        third = await client.post(f"http://127.0.0.1:{port}/tg/hook", json=update, headers=headers)
+    await asyncio.sleep(1.0)
+
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 200)
+    assert len(telegram.chat_messages(ALICE["id"])) == 1
+    assert len(vision.requests) == 1
+
+
 async def test_webhook_shutdown_lets_an_answer_in_flight_end_with_what_was_written(
         telegram: FakeTelegram, vision: FakeVision, start_bot) -> None:
     port = free_port()

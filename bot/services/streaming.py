@@ -55,6 +55,7 @@ from bot.services.pacing import Priority, UpdatePacer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MessageListener = Callable[[int], Awaitable[None]]
 
 TYPING_REFRESH_SECONDS = 4.5
 STOP_CALLBACK_PREFIX = "stop:"
@@ -99,10 +100,14 @@ class ReplyStreamer:
     def live(self) -> int:
         return len(self._live)
 
-    def open(self, target: ReplyTarget) -> ReplyStream:
+    def open(self, target: ReplyTarget, *, adopt_message_id: int | None = None,
+             on_message: MessageListener | None = None) -> ReplyStream:
+        """`adopt_message_id`: an earlier, interrupted answer's message, which this one edits into itself (its Stop
+        button goes with the final text). `on_message`: told the id of the first message this answer sends."""
         stream_id = next(self._stream_ids)
         stream = ReplyStream(self._bot, self._pacer, self, target, stream_id=stream_id,
-                             use_drafts=self._drafts_allowed(target))
+                             use_drafts=self._drafts_allowed(target) and adopt_message_id is None,
+                             adopt_message_id=adopt_message_id, on_message=on_message)
         self._live[stream_id] = stream
         self.metrics.active_streams.set(len(self._live))
         stream.start()
@@ -153,7 +158,8 @@ class ReplyStream:
     """One answer being shown in one chat: `push` the text so far as often as you like, then `finish`."""
 
     def __init__(self, bot: Bot, pacer: UpdatePacer, streamer: ReplyStreamer, target: ReplyTarget,
-                 *, stream_id: int, use_drafts: bool) -> None:
+                 *, stream_id: int, use_drafts: bool, adopt_message_id: int | None = None,
+                 on_message: MessageListener | None = None) -> None:
         self._bot = bot
         self._pacer = pacer
         self._streamer = streamer
@@ -165,7 +171,8 @@ class ReplyStream:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sealed_parts = 0
-        self._live_message_id: int | None = None
+        self._live_message_id: int | None = adopt_message_id
+        self._on_message = on_message
         self._live_shown: RenderedText | None = None
         self._closing = False
         self._plain_only = False
@@ -270,10 +277,15 @@ class ReplyStream:
             message = await self._intermediate(self._send_method(part, stop))
             if isinstance(message, Message):
                 self._live_message_id = message.message_id
-                self.sent_message_ids.append(message.message_id)
+                await self._sent(message.message_id)
                 self._shown(part, status=status)
         elif await self._intermediate(self._edit_method(self._live_message_id, part, stop)) is not None:
             self._shown(part, status=status)
+
+    async def _sent(self, message_id: int) -> None:
+        self.sent_message_ids.append(message_id)
+        if self._on_message is not None and len(self.sent_message_ids) == 1:
+            await self._on_message(message_id)
 
     def _shown(self, part: RenderedText, *, status: bool = False) -> None:
         """A status note is not the answer: the first text still counts (and goes first) when it comes."""
@@ -364,7 +376,7 @@ class ReplyStream:
         except TelegramAPIError as exc:
             log.warning("rich message failed in chat %s (%s); sending entities", self.target.chat_id, exc)
             return False
-        self.sent_message_ids.append(message.message_id)
+        await self._sent(message.message_id)
         self._stop_typing()
         return True
 
@@ -380,7 +392,7 @@ class ReplyStream:
             await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
             message = await self._final_call(lambda p: self._send_method(p, None), part)
             if isinstance(message, Message):
-                self.sent_message_ids.append(message.message_id)
+                await self._sent(message.message_id)
         self._sealed_parts += 1
         self._live_message_id = None
         self._live_shown = None

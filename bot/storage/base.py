@@ -1,11 +1,11 @@
-"""The storage contract the services rely on; SQLite implements it today, PostgreSQL could tomorrow."""
+"""The storage contract the services rely on; SQLite and PostgreSQL implement it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Protocol
 
-from bot.models import ConversationKey, PreparedImage, Turn, UsageRecord, UsageTotal
+from bot.models import ConversationKey, InboxEntry, PreparedImage, Turn, UsageRecord, UsageTotal
 
 
 class ConversationStore(Protocol):
@@ -48,6 +48,33 @@ class ConversationStore(Protocol):
 
     async def set_chat_model(self, key: ConversationKey, model: str | None) -> None:
         """Remember a chat's (or topic's) model choice; None forgets it, so the default applies again."""
+        ...
+
+    async def receive_update(self, update_id: int, chat_id: int | None, payload: str, *, now: float) -> bool:
+        """Record an update before it is handled; False when its id was seen before (at any time, in any state)."""
+        ...
+
+    async def inbox_entry(self, update_id: int) -> InboxEntry | None: ...
+
+    async def set_update_state(self, update_id: int, state: str, *, now: float, message_id: int | None = None,
+                               answer: str | None = None) -> None:
+        """Move an update on (see `bot.models.UNFINISHED_STATES`); a `message_id` or `answer` not given is kept."""
+        ...
+
+    async def unfinished_updates(self, *, limit: int = 10_000) -> list[InboxEntry]:
+        """Updates received but not done or failed, oldest update first: what a restart must handle again."""
+        ...
+
+    async def prune_inbox(self, *, older_than: float) -> int:
+        """Delete done and failed updates last changed before the cut-off (their ids stop being deduplicated)."""
+        ...
+
+    async def prune_usage(self, *, before_day: str) -> int:
+        """Delete usage rows of days before `before_day` (YYYY-MM-DD, UTC)."""
+        ...
+
+    async def maintain(self) -> None:
+        """Periodic upkeep of the backend itself (SQLite: checkpoint the WAL); may do nothing."""
         ...
 
     async def close(self) -> None: ...

@@ -8,66 +8,17 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.models import ConversationKey, PreparedImage, Turn, Usage, UsageRecord, UsageTotal
-
-# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a released entry.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE turns (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        chat_id INTEGER NOT NULL,
-        thread_id INTEGER NOT NULL DEFAULT 0,
-        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-        author TEXT,
-        text TEXT NOT NULL,
-        prompt_tokens INTEGER,
-        completion_tokens INTEGER,
-        total_tokens INTEGER,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX turns_by_conversation ON turns (chat_id, thread_id, id);
-    CREATE INDEX turns_by_age ON turns (created_at);
-    CREATE TABLE images (
-        image_id TEXT PRIMARY KEY,
-        mime TEXT NOT NULL,
-        data BLOB NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE turn_images (
-        turn_id INTEGER NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        image_id TEXT NOT NULL,
-        PRIMARY KEY (turn_id, position)
-    );
-    CREATE INDEX turn_images_by_image ON turn_images (image_id);
-    """,
-    """
-    CREATE TABLE usage (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        day TEXT NOT NULL,
-        chat_id INTEGER NOT NULL,
-        user_id INTEGER,
-        outcome TEXT NOT NULL,
-        error_kind TEXT,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        total_tokens INTEGER NOT NULL DEFAULT 0,
-        estimated INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX usage_by_user ON usage (day, user_id);
-    CREATE INDEX usage_by_chat ON usage (day, chat_id);
-    """,
-    """
-    CREATE TABLE chat_models (
-        chat_id INTEGER NOT NULL,
-        thread_id INTEGER NOT NULL DEFAULT 0,
-        model TEXT NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (chat_id, thread_id)
-    );
-    """,
+from bot.models import (
+    UNFINISHED_STATES,
+    ConversationKey,
+    InboxEntry,
+    PreparedImage,
+    Turn,
+    Usage,
+    UsageRecord,
+    UsageTotal,
 )
+from bot.storage.sqlite_schema import migrate
 
 # An image saved moments ago may belong to a turn that is about to be written.
 _ORPHAN_GRACE_SECONDS = 300.0
@@ -236,16 +187,51 @@ class SqliteConversationStore:
         )
 
 
-async def migrate(connection: aiosqlite.Connection) -> int:
-    """Apply the migrations this database has not seen yet; returns the resulting version."""
-    cursor = await connection.execute("PRAGMA user_version")
-    row = await cursor.fetchone()
-    version = int(row[0]) if row else 0
-    if version > len(MIGRATIONS):
-        raise RuntimeError(f"database schema version {version} is newer than this bot ({len(MIGRATIONS)})")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    return len(MIGRATIONS)
+    async def receive_update(self, update_id: int, chat_id: int | None, payload: str, *, now: float) -> bool:
+        cursor = await self._db.execute(
+            "INSERT INTO inbox (update_id, chat_id, payload, state, received_at, updated_at) "
+            "VALUES (?, ?, ?, 'received', ?, ?) ON CONFLICT (update_id) DO NOTHING",
+            (update_id, chat_id, payload, now, now))
+        await self._db.commit()
+        return cursor.rowcount == 1
+
+    async def inbox_entry(self, update_id: int) -> InboxEntry | None:
+        cursor = await self._db.execute(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE update_id = ?", (update_id,))
+        row = await cursor.fetchone()
+        return InboxEntry(*row) if row else None
+
+    async def set_update_state(self, update_id: int, state: str, *, now: float, message_id: int | None = None,
+                               answer: str | None = None) -> None:
+        await self._db.execute(
+            "UPDATE inbox SET state = ?, updated_at = ?, message_id = COALESCE(?, message_id), "
+            "answer = COALESCE(?, answer) WHERE update_id = ?", (state, now, message_id, answer, update_id))
+        await self._db.commit()
+
+    async def unfinished_updates(self, *, limit: int = 10_000) -> list[InboxEntry]:
+        marks = ",".join("?" * len(UNFINISHED_STATES))
+        cursor = await self._db.execute(
+            f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE state IN ({marks}) ORDER BY update_id LIMIT ?",
+            (*UNFINISHED_STATES, limit))
+        return [InboxEntry(*row) for row in await cursor.fetchall()]
+
+    async def prune_inbox(self, *, older_than: float) -> int:
+        marks = ",".join("?" * len(UNFINISHED_STATES))
+        cursor = await self._db.execute(
+            f"DELETE FROM inbox WHERE updated_at < ? AND state NOT IN ({marks})", (older_than, *UNFINISHED_STATES))
+        await self._db.commit()
+        return cursor.rowcount
+
+    async def prune_usage(self, *, before_day: str) -> int:
+        cursor = await self._db.execute("DELETE FROM usage WHERE day < ?", (before_day,))
+        await self._db.commit()
+        return cursor.rowcount
+
+    async def maintain(self) -> None:
+        """A long-running bot never closes the database: fold the WAL back so it does not grow without bound."""
+        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+_INBOX_COLUMNS = "update_id, chat_id, payload, state, received_at, updated_at, message_id, answer"
 
 
 def _turn_from_row(row: aiosqlite.Row, image_ids: tuple[str, ...]) -> Turn:

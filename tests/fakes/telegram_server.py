@@ -641,6 +641,7 @@ class FakeTelegram:
         self._port: int | None = None
         self._stopping = False
         self._updates: list[Json] = []
+        self._pushed: dict[int, Json] = {}
         self._update_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._poll_generation = 0
@@ -732,9 +733,18 @@ class FakeTelegram:
             raise ValueError(f"an update has exactly one field like 'message', got {sorted(update_fields)}")
         update_id = next(self._update_ids)
         self._remember(update_fields)
-        self._updates.append({"update_id": update_id, **copy.deepcopy(update_fields)})
+        update = {"update_id": update_id, **copy.deepcopy(update_fields)}
+        self._pushed[update_id] = update
+        self._updates.append(copy.deepcopy(update))
         self._notify()
         return update_id
+
+    def redeliver(self, update_id: int) -> None:
+        """Delivers a pushed update again, same id: Telegram's at-least-once delivery (an offset that was never
+        confirmed, a webhook retry)."""
+        self._updates = sorted([*self._updates, copy.deepcopy(self._pushed[update_id])],
+                               key=lambda update: update["update_id"])
+        self._notify()
 
     def add_file(
         self, content: bytes, *, file_unique_id: str | None = None, file_size: int | None = None

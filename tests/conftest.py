@@ -17,6 +17,7 @@ from bot.app import BotApp
 from bot.config import Settings, load_settings
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.vision_server import FakeVision
+from tests.postgres import fresh_schema
 
 API_KEY = "sk-test-key-123"
 
@@ -37,15 +38,25 @@ async def vision() -> AsyncIterator[FakeVision]:
     await fake.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def bot_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every end-to-end test runs on both storage backends (PostgreSQL: a fresh schema, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'bot.sqlite3'}"
+        return
+    async with fresh_schema() as url:
+        yield url
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, telegram: FakeTelegram, vision: FakeVision) -> Callable[..., Settings]:
+def make_settings(bot_database_url: str, telegram: FakeTelegram, vision: FakeVision) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "bot_token": telegram.token,
             "telegram_api_url": telegram.base_url,
             "vision_base_url": vision.base_url,
             "vision_api_key": API_KEY,
-            "database_url": f"sqlite:///{tmp_path / 'data' / 'bot.sqlite3'}",
+            "database_url": bot_database_url,
             "shutdown_grace": 5.0,
         }
         values.update(overrides)

@@ -1,4 +1,5 @@
-"""Deployment files agree with the bot: Dockerfile, compose.yaml, .dockerignore and the systemd unit.
+"""Deployment files agree with the bot: Dockerfile, compose.yaml, .dockerignore, the systemd unit, and
+compose.replicas.yaml with its nginx.conf.
 
 No Docker engine is needed: the Dockerfile is parsed, and what the image would run (its CMD, its HEALTHCHECK) is
 run here with the environment the Dockerfile sets.
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from bot.__main__ import EXIT_CONFIG
 from bot.config import Settings
+from bot.web import SECRET_HEADER
 from tests.conftest import API_KEY
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.vision_server import FakeVision
@@ -40,6 +43,8 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 UNIT = DEPLOY / "vision-bot.service"
+REPLICAS = DEPLOY / "compose.replicas.yaml"
+NGINX_CONF = DEPLOY / "nginx.conf"
 
 SHUTDOWN_GRACE: float = Settings.model_fields["shutdown_grace"].default
 WEBHOOK_PORT: int = Settings.model_fields["webhook_port"].default
@@ -604,3 +609,331 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     complaints = [line for line in output.splitlines() if UNIT.name in line]
     assert result.returncode == 0, output
     assert complaints == [], output
+
+
+# --- compose.replicas.yaml and nginx.conf -----------------------------------------------------------------
+
+HARDENING = ("read_only", "tmpfs", "cap_drop", "security_opt", "restart", "stop_grace_period", "init", "ulimits")
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's interpolation: `$$`, `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset)."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        name, operator, default = match["name"], match["operator"], match["default"] or ""
+        found = variables.get(name)
+        if operator == ":-" and not found:
+            return default
+        if operator == "-" and found is None:
+            return default
+        return found or ""
+
+    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?:(?P<operator>:?-)(?P<default>[^}]*))?\}", replace, value)
+
+
+def service_environment(service: dict[str, Any], variables: dict[str, str]) -> dict[str, str]:
+    """A service's `environment` (mapping or list form), interpolated with `variables` as from --env-file."""
+    value = service.get("environment") or {}
+    pairs = value.items() if isinstance(value, dict) else (entry.split("=", 1) for entry in value)
+    return {key: interpolate(str(item), variables) for key, item in pairs}
+
+
+def published_targets(service: dict[str, Any]) -> set[int]:
+    """Container ports a service publishes (short `[[ip:]host:]container[/proto]` and long syntax)."""
+    targets: set[int] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            targets.add(int(port["target"]))
+        else:
+            targets.add(int(str(port).split("/")[0].split(":")[-1]))
+    return targets
+
+
+@pytest.fixture(scope="module")
+def replicas() -> dict[str, Any]:
+    return load_compose(REPLICAS.read_text(encoding="utf-8"))
+
+
+def test_replicas_compose_runs_three_bot_replicas_with_postgres_redis_and_nginx(replicas: dict[str, Any]) -> None:
+    assert set(replicas["services"]) == {"bot", "postgres", "redis", "nginx"}
+    bot = replicas["services"]["bot"]
+    # deploy.replicas: what `docker compose up` starts without swarm; a legacy `scale:` would have to agree
+    assert bot["deploy"]["replicas"] == 3
+    assert bot.get("scale", 3) == 3
+    # replicas cannot share a container name or a published port
+    assert "container_name" not in bot
+    assert "ports" not in bot
+    # a project of its own: `up` of one file does not take over the single-instance deployment's containers
+    assert replicas["name"] != load_compose(COMPOSE.read_text(encoding="utf-8"))["name"]
+
+
+def test_replicas_compose_builds_the_bot_like_compose_yaml(replicas: dict[str, Any], compose: dict[str, Any]) -> None:
+    bot, single = replicas["services"]["bot"], compose["services"]["bot"]
+    assert bot["build"] == single["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert env_files(bot) == env_files(single) == ["../.env"]
+    assert (REPLICAS.parent / env_files(bot)[0]).resolve() == ROOT / ".env"
+
+
+def test_replicas_compose_keeps_the_hardening_of_compose_yaml(replicas: dict[str, Any],
+                                                              compose: dict[str, Any]) -> None:
+    bot = replicas["services"]["bot"]
+    assert {key: bot.get(key) for key in HARDENING} == {key: compose["services"]["bot"].get(key) for key in HARDENING}
+    assert bot["read_only"] is True
+    assert bot["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in bot["security_opt"]
+    assert bot["restart"] == "unless-stopped"
+    assert seconds(bot["stop_grace_period"]) > SHUTDOWN_GRACE + 5
+    assert bot["ulimits"]["nofile"] == 65536
+    assert (bot.get("healthcheck") or {}).get("disable") is not True  # the image's HEALTHCHECK applies
+
+
+def test_replicas_wait_for_healthy_postgres_and_redis(replicas: dict[str, Any]) -> None:
+    services = replicas["services"]
+    assert services["bot"]["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                             "redis": {"condition": "service_healthy"}}
+    postgres_check = services["postgres"]["healthcheck"]["test"]
+    redis_check = services["redis"]["healthcheck"]["test"]
+    assert postgres_check[0] == "CMD-SHELL"
+    assert shlex.split(postgres_check[1])[0] == "pg_isready"
+    assert redis_check == ["CMD", "redis-cli", "ping"]
+    for name in ("postgres", "redis"):
+        assert {"interval", "timeout", "retries"} <= services[name]["healthcheck"].keys()
+
+
+@pytest.mark.parametrize("variables", [
+    {},
+    {"POSTGRES_USER": "bots", "POSTGRES_PASSWORD": "Secret123", "POSTGRES_DB": "vision"},
+], ids=["defaults", "from-env-file"])
+def test_replicas_use_the_postgres_service_with_its_credentials(replicas: dict[str, Any],
+                                                                variables: dict[str, str]) -> None:
+    services = replicas["services"]
+    url = urlsplit(service_environment(services["bot"], variables)["DATABASE_URL"])
+    postgres = service_environment(services["postgres"], variables)
+
+    assert url.scheme == "postgresql"
+    assert (url.hostname, url.port) == ("postgres", 5432)
+    assert url.username == postgres["POSTGRES_USER"]
+    assert url.password == postgres["POSTGRES_PASSWORD"]
+    assert url.path == "/" + postgres["POSTGRES_DB"]
+    assert all(postgres.values()), "every credential has a default"
+    for key, value in variables.items():
+        assert postgres[key] == value
+
+
+def test_postgres_keeps_its_data_in_a_named_volume_and_is_not_published(replicas: dict[str, Any]) -> None:
+    postgres = replicas["services"]["postgres"]
+    assert postgres["image"].split(":")[0] == "postgres"
+    # postgres images up to 17 keep PGDATA here (18 moved it: changing the major version needs an upgrade anyway)
+    major = re.match(r"\d+", postgres["image"].split(":")[1])
+    assert major
+    assert int(major[0]) <= 17
+    assert volume_mounts(postgres)["/var/lib/postgresql/data"] in replicas["volumes"]
+    assert "ports" not in postgres
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert re.fullmatch(rf"\$\{{{name}:-\w+\}}", postgres["environment"][name]), name
+
+
+def test_redis_is_the_official_image_without_persistence(replicas: dict[str, Any]) -> None:
+    redis = replicas["services"]["redis"]
+    assert redis["image"].split(":")[0] == "redis"
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--save") + 1] == ""
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert "ports" not in redis
+
+
+def test_the_replicas_settings_are_webhook_postgres_redis_and_valid_for_the_bot(replicas: dict[str, Any],
+                                                                              dockerfile: list[Instruction]) -> None:
+    env = service_environment(replicas["services"]["bot"], {})
+    assert env["BOT_MODE"] == "webhook"
+    assert int(env.get("WEBHOOK_PORT", WEBHOOK_PORT)) == WEBHOOK_PORT
+    assert env.get("METRICS_PORT", image_env(dockerfile)["METRICS_PORT"]) == image_env(dockerfile)["METRICS_PORT"]
+    redis = urlsplit(env["REDIS_URL"])
+    assert (redis.scheme, redis.hostname, redis.port or 6379, redis.path) == ("redis", "redis", 6379, "/0")
+
+    # What a replica's Settings make of it, with the webhook's URL and secret from .env.
+    known = {key.lower(): value for key, value in env.items() if key.lower() in Settings.model_fields}
+    assert set(env) - {key.upper() for key in known} <= {"REDIS_URL"}  # REDIS_URL: the coordination's own setting
+    settings = Settings(_env_file=None, bot_token="123:abc", vision_base_url="https://vision.example/v1",  # type: ignore[call-arg]
+                        vision_api_key="sk-x", webhook_url="https://bot.example.com/tg/hook",
+                        webhook_secret="s3cret", **known)
+    assert settings.bot_mode == "webhook"
+    assert settings.webhook_port == WEBHOOK_PORT
+    assert settings.webhook_host == "0.0.0.0"
+    assert settings.database_url.startswith("postgresql://")
+
+
+def test_nginx_mounts_its_config_read_only_and_publishes_its_port(replicas: dict[str, Any]) -> None:
+    nginx = replicas["services"]["nginx"]
+    assert nginx["image"].split(":")[0] == "nginx"
+    mounts = [volume for volume in nginx["volumes"] if isinstance(volume, str)]
+    config = [volume.split(":") for volume in mounts if volume.split(":")[1] == "/etc/nginx/nginx.conf"]
+    assert len(config) == 1
+    source, _, mode = config[0]
+    assert (REPLICAS.parent / source).resolve() == NGINX_CONF
+    assert mode == "ro"
+    assert published_targets(nginx) == listen_ports(nginx_directives(NGINX_CONF.read_text(encoding="utf-8")))
+
+
+# nginx.conf, parsed into (enclosing blocks, directive, arguments)
+
+@dataclass(frozen=True)
+class Directive:
+    blocks: tuple[str, ...]
+    name: str
+    arguments: tuple[str, ...]
+
+
+def nginx_directives(text: str) -> list[Directive]:
+    """Every directive (block openers included) with the names of the blocks around it; comments dropped."""
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{};]|[^\s{};"\']+',
+                        re.sub(r"#[^\n]*", "", text))
+    directives: list[Directive] = []
+    blocks: list[str] = []
+    words: list[str] = []
+    for token in tokens:
+        if token in (";", "{"):
+            assert words, f"empty directive before {token!r}"
+            directives.append(Directive(tuple(blocks), words[0], tuple(word.strip("\"'") for word in words[1:])))
+            if token == "{":
+                blocks.append(words[0])
+            words = []
+        elif token == "}":
+            assert not words, f"directive without ';': {words}"
+            assert blocks, "unbalanced '}'"
+            blocks.pop()
+        else:
+            words.append(token)
+    assert not words, f"directive without ';' at the end: {words}"
+    assert not blocks, f"unclosed blocks: {blocks}"
+    return directives
+
+
+def named(directives: list[Directive], name: str) -> list[Directive]:
+    return [directive for directive in directives if directive.name == name]
+
+
+def listen_ports(directives: list[Directive]) -> set[int]:
+    return {int(directive.arguments[0].rsplit(":", 1)[-1]) for directive in named(directives, "listen")}
+
+
+@pytest.fixture(scope="module")
+def nginx_conf() -> list[Directive]:
+    return nginx_directives(NGINX_CONF.read_text(encoding="utf-8"))
+
+
+def test_nginx_proxies_everything_to_the_bot_service_on_the_webhook_port(nginx_conf: list[Directive]) -> None:
+    passes = named(nginx_conf, "proxy_pass")
+    assert passes
+    for directive in passes:
+        assert directive.blocks == ("http", "server", "location")
+        match = re.fullmatch(r"http://\$(\w+)", directive.arguments[0])
+        assert match, "a variable in proxy_pass: the name is resolved at request time, so new replicas are found"
+        assert upstream_of(nginx_conf, match[1]) == f"bot:{WEBHOOK_PORT}"
+    assert {directive.arguments[0] for directive in named(nginx_conf, "location")} == {"/"}
+
+
+def upstream_of(directives: list[Directive], variable: str) -> str:
+    """The value of `$variable`: from `set $variable value;` or a `map ... $variable { default value; }`."""
+    values = [directive.arguments[1] for directive in named(directives, "set")
+              if directive.arguments[0] == f"${variable}"]
+    maps = [index for index, directive in enumerate(directives)
+            if directive.name == "map" and directive.arguments[1] == f"${variable}"]
+    for index in maps:
+        entries = [directive for directive in directives[index + 1:] if directive.blocks[-1:] == ("map",)]
+        values += [entry.arguments[0] for entry in entries if entry.name == "default"][:1]
+    assert len(set(values)) == 1, f"${variable} should have one value: {values}"
+    return values[0]
+
+
+def test_nginx_finds_replicas_through_dockers_dns_and_skips_dead_ones(nginx_conf: list[Directive]) -> None:
+    (resolver,) = named(nginx_conf, "resolver")
+    assert resolver.arguments[0] == "127.0.0.11"
+    valid = [argument.removeprefix("valid=") for argument in resolver.arguments if argument.startswith("valid=")]
+    assert valid, "resolver without valid=: Docker's answers would be cached for their TTL"
+    assert seconds(valid[0]) <= 30
+    (next_upstream,) = named(nginx_conf, "proxy_next_upstream")
+    assert {"error", "timeout"} <= set(next_upstream.arguments)
+    assert "off" not in next_upstream.arguments
+    # retrying needs the body: request buffering stays on (its default)
+    assert [directive.arguments for directive in named(nginx_conf, "proxy_request_buffering")] in ([], [("on",)])
+
+
+def test_nginx_passes_the_secret_header_and_limits_the_body(nginx_conf: list[Directive]) -> None:
+    headers = {directive.arguments[0].lower(): directive.arguments[1]
+               for directive in named(nginx_conf, "proxy_set_header")}
+    variable = "$http_" + SECRET_HEADER.lower().replace("-", "_")
+    assert headers[SECRET_HEADER.lower()] == variable
+    assert "underscores_in_headers" not in {directive.name for directive in nginx_conf}  # not needed: no underscores
+    (limit,) = named(nginx_conf, "client_max_body_size")
+    assert limit.arguments == ("1m",)  # the bot's webhook accepts up to 1 MiB
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                           if os.access(path, os.X_OK)), None)
+    if found is None:
+        pytest.skip("nginx is not installed: cannot run nginx -t on deploy/nginx.conf here")
+    return found
+
+
+def for_nginx_t(text: str, folder: Path) -> str:
+    """The config as this machine can check it: what exists only in the container (the `bot` name, the nginx user,
+    ports below 1024, the log and pid paths, the certificates) replaced by local equivalents."""
+    text = text.replace(f"bot:{WEBHOOK_PORT}", f"127.0.0.1:{WEBHOOK_PORT}")
+    text = re.sub(r"^user\s[^;]*;\n", "", text, flags=re.M)
+    text = re.sub(r"^pid\s[^;]*;", f"pid {folder / 'nginx.pid'};", text, flags=re.M)
+    text = re.sub(r"\baccess_log\s+/dev/stdout\b", f"access_log {folder / 'access.log'}", text)
+    text = re.sub(r"\blisten\s+\d+\b", lambda _: f"listen 127.0.0.1:{free_port()}", text)
+    return text.replace("/etc/nginx/certs/", f"{folder}/certs/")
+
+
+def nginx_t(text: str, folder: Path) -> None:
+    binary = nginx_binary()
+    config = folder / "nginx.conf"
+    config.write_text(for_nginx_t(text, folder), encoding="utf-8")
+
+    result = subprocess.run([binary, "-t", "-p", str(folder), "-c", str(config), "-e", "stderr"],
+                            capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    assert re.search(r"\bbot:8080\b", for_nginx_t(text, tmp_path)) is None
+
+    nginx_t(text, tmp_path)
+
+
+def test_the_optional_tls_parts_are_valid_when_uncommented(replicas: dict[str, Any], tmp_path: Path) -> None:
+    enabled = load_compose(uncomment_optional_parts(REPLICAS.read_text(encoding="utf-8")))
+    nginx = enabled["services"]["nginx"]
+    certs = volume_mounts(nginx)["/etc/nginx/certs"]
+    assert (REPLICAS.parent / certs).resolve() == DEPLOY / "certs"
+    assert volume_mounts(nginx)["/etc/nginx/nginx.conf"] == volume_mounts(replicas["services"]["nginx"])[
+        "/etc/nginx/nginx.conf"]
+    text = uncomment_optional_parts(NGINX_CONF.read_text(encoding="utf-8"))
+    directives = nginx_directives(text)
+    assert published_targets(nginx) == listen_ports(directives) == {80, 443}
+    assert "ssl" in next(d for d in named(directives, "listen") if d.arguments[0] == "443").arguments
+    for name in ("ssl_certificate", "ssl_certificate_key"):
+        (path,) = (directive.arguments[0] for directive in named(directives, name))
+        assert path.startswith("/etc/nginx/certs/")
+    # the TLS server proxies like the plain one
+    assert len({directive.arguments for directive in named(directives, "proxy_pass")}) == 1
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: cannot make a certificate for nginx -t")
+    nginx_binary()
+    certificates = tmp_path / "certs"
+    certificates.mkdir()
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(certificates / "privkey.pem"), "-out", str(certificates / "fullchain.pem")],
+                   capture_output=True, timeout=60, check=True)
+    nginx_t(text, tmp_path)

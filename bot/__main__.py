@@ -7,11 +7,14 @@ import resource
 import sys
 
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
+from asyncpg import PostgresError
+from redis.exceptions import RedisError
 
-from bot.app import BotApp, run_checks
+from bot.app import BotApp
 from bot.config import LogFormat, Settings, SettingsError, load_settings
-from bot.intake import PollingConflict
-from bot.logs import setup_logging
+from bot.factories import run_checks
+from bot.logs import RedactingFormatter, setup_logging
+from bot.polling import PollingConflict
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -22,7 +25,7 @@ USAGE = "usage: python -m bot [check]"
 OPEN_FILES_WANTED = 65536
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code per way to end
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["check"]):
         print(USAGE, file=sys.stderr)
@@ -38,20 +41,31 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code
     raise_open_file_limit()
     try:
         asyncio.run(BotApp(settings).run())
-    except TelegramUnauthorizedError:
-        print("Telegram rejected BOT_TOKEN: check it with @BotFather", file=sys.stderr)
-        return EXIT_FAILURE
-    except PollingConflict:
-        print("another process is already polling Telegram with this BOT_TOKEN (409 Conflict): stop it, or run "
-              "several replicas with REDIS_URL or BOT_MODE=webhook", file=sys.stderr)
-        return EXIT_FAILURE
-    except TelegramNetworkError as exc:  # at start-up; once polling, the poller retries on its own
-        reason = exc.message.replace(settings.bot_token.get_secret_value(), "[redacted]")
-        print(f"cannot reach Telegram at {settings.telegram_api_url}: {reason}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # start-up failures become one line each, never a traceback
+        problem = start_up_problem(exc, settings)
+        if problem is None:
+            raise
+        print(RedactingFormatter(settings.secrets()).redact(problem), file=sys.stderr)
+        return EXIT_FAILURE
     return 0
+
+
+def start_up_problem(exc: Exception, settings: Settings) -> str | None:
+    """The one line an operator needs for a failure to start; None for anything else (a bug: the traceback)."""
+    if isinstance(exc, TelegramUnauthorizedError):
+        return "Telegram rejected BOT_TOKEN: check it with @BotFather"
+    if isinstance(exc, PollingConflict):
+        return ("another process is already polling Telegram with this BOT_TOKEN (409 Conflict): stop it, or run "
+                "several replicas with REDIS_URL or BOT_MODE=webhook")
+    if isinstance(exc, TelegramNetworkError):  # at start-up; once polling, the poller retries on its own
+        return f"cannot reach Telegram at {settings.telegram_api_url}: {exc.message}"
+    if isinstance(exc, RedisError):
+        return f"cannot use Redis at REDIS_URL: {exc}"
+    if isinstance(exc, PostgresError | OSError) and settings.database_url.startswith("postgres"):
+        return f"cannot use the database at DATABASE_URL: {type(exc).__name__}: {exc}"
+    return None
 
 
 def raise_open_file_limit() -> None:

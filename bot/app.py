@@ -4,41 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommandScopeDefault
 
-from bot.clients.providers import ProviderConfig, RetryPolicy
 from bot.clients.publishing import ImagePublisher, LocalImageHost
-from bot.clients.s3_publisher import S3ImagePublisher
 from bot.clients.vision import VisionClient
-from bot.config import BotMode, ImageDetail, Settings, parse_rate
+from bot.config import BotMode, Settings, parse_rate
+from bot.coordination import Coordinator, LocalCoordinator, RedisCoordinator, open_coordinator
+from bot.factories import (
+    IMAGE_WORKERS,
+    create_bot,
+    create_http_client,
+    create_publisher,
+    image_target,
+    provider_configs,
+    retry_policy,
+)
 from bot.handlers import build_router
 from bot.handlers.access import AccessMiddleware
 from bot.handlers.commands import bot_commands
 from bot.handlers.middlewares import ChatOrderMiddleware
-from bot.intake import Intake, poll
+from bot.intake import Intake
 from bot.metrics import Metrics
+from bot.polling import poll
 from bot.services.alerts import OperatorAlerts
 from bot.services.answering import AnswerOptions, AnswerService
 from bot.services.chat_admins import ChatAdmins
 from bot.services.context import ContextLimits, ConversationContext
-from bot.services.diagnostics import PRIVACY_MODE_WARNING, Finding, check_providers, check_telegram
+from bot.services.diagnostics import PRIVACY_MODE_WARNING
 from bot.services.downloads import ImageFetcher
 from bot.services.housekeeping import Housekeeping, Retention
-from bot.services.images import ImageTarget, load_decoders
+from bot.services.images import load_decoders
 from bot.services.inbox import Inbox
 from bot.services.model_choice import ModelChoice
-from bot.services.ordering import AlbumCollector, ChatQueue
+from bot.services.ordering import ChatQueue
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
 from bot.services.usage import UsageGuard, UsageLimits
@@ -49,79 +55,9 @@ from bot.web import add_image_route, images_app, metrics_app, serve, webhook_app
 
 log = logging.getLogger(__name__)
 
-PROVIDER_CONNECT_TIMEOUT = 15.0
-# Every streamed answer holds one provider connection (HTTP/1.1) for its whole length; a lower cap makes answers
-# past it wait for whole earlier answers, and httpx rescans its queue on every connection event (BENCHMARKS.md).
-PROVIDER_MAX_CONNECTIONS = 1000
-PROVIDER_IDLE_CONNECTIONS = 100
-# Image preparation is CPU-bound: a worker per core, less the one the event loop needs under load (each worker also
-# keeps ~13 MB of decode buffers; BENCHMARKS.md).
-IMAGE_WORKERS = max(1, (os.cpu_count() or 1) - 1)
-
-
-def create_bot(settings: Settings) -> Bot:
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    return Bot(settings.bot_token.get_secret_value(), session=session)
-
-
-def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(settings.vision_idle_timeout, connect=PROVIDER_CONNECT_TIMEOUT)
-    limits = httpx.Limits(max_connections=PROVIDER_MAX_CONNECTIONS, max_keepalive_connections=PROVIDER_IDLE_CONNECTIONS)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, headers={"User-Agent": "vision-bot/0.1"})
-
-
-def provider_configs(settings: Settings) -> list[ProviderConfig]:
-    """The primary provider, then VISION_FALLBACKS in order; every key a plain string only from here on."""
-    shared = {"max_tokens": settings.vision_max_tokens, "temperature": settings.vision_temperature,
-              "stream": settings.vision_stream,
-              "image_detail": settings.vision_image_detail.value if settings.vision_image_detail else None}
-    # The primary's prompt is made for the chat's model (its own image limit), so the client trims nothing there.
-    providers = [ProviderConfig(
-        base_url=settings.vision_base_url, api_keys=tuple(key.get_secret_value() for key in settings.vision_api_keys),
-        model=settings.vision_model, image_format=settings.vision_image_format.value, max_images=None,
-        extra_body=settings.vision_extra_body, label="primary", **shared)]
-    for number, fallback in enumerate(settings.vision_fallbacks, start=1):
-        providers.append(ProviderConfig(
-            base_url=fallback.base_url, api_keys=tuple(key.get_secret_value() for key in fallback.api_keys),
-            model=fallback.model, image_format=fallback.image_format.value,
-            max_images=fallback.max_images_per_request, extra_body=fallback.extra_body,
-            label=f"fallback {number} ({urlparse(fallback.base_url).hostname}, {fallback.model})", **shared))
-    return providers
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(first_token_timeout=settings.vision_first_token_timeout,
-                       idle_timeout=settings.vision_idle_timeout, max_wait=settings.vision_max_wait,
-                       connect_timeout=PROVIDER_CONNECT_TIMEOUT)
-
-
-async def create_publisher(settings: Settings, stack: AsyncExitStack) -> ImagePublisher | None:
-    """PUBLIC_BASE_URL: the bot's own server; else S3 if configured; else none (images travel inline only)."""
-    if settings.public_base_url:
-        host = LocalImageHost(settings.public_base_url, ttl=settings.image_url_ttl)
-        stack.push_async_callback(host.close)
-        return host
-    if settings.s3_bucket and settings.s3_access_key_id and settings.s3_secret_access_key:
-        s3 = S3ImagePublisher(endpoint_url=settings.s3_endpoint_url, bucket=settings.s3_bucket,
-                              access_key_id=settings.s3_access_key_id,
-                              secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-                              region=settings.s3_region, ttl=settings.image_url_ttl)
-        await s3.start()
-        stack.push_async_callback(s3.close)
-        return s3
-    return None
-
-
-def image_target(settings: Settings) -> ImageTarget:
-    """`low` detail: the provider looks at 512 px at most, so sending more only costs upload time."""
-    if settings.vision_image_detail is ImageDetail.LOW:
-        return ImageTarget(long_side=512, short_side=512)
-    return ImageTarget()
-
-
 def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, store: ConversationStore,
-                      metrics: Metrics, *, image_workers: Executor, publisher: ImagePublisher | None = None
-                      ) -> Dispatcher:
+                      metrics: Metrics, *, image_workers: Executor, coordinator: Coordinator,
+                      publisher: ImagePublisher | None = None) -> Dispatcher:
     """Every service is built here and handed to handlers as workflow data; nothing global."""
     context = ConversationContext(
         store,
@@ -133,14 +69,16 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         ),
         system_prompt=settings.vision_system_prompt,
     )
-    pacer = UpdatePacer()
-    streamer = ReplyStreamer(bot, pacer, settings.stream_mode, metrics, rich_final=settings.rich_messages)
+    # With replicas every turn is also reserved in the budget they share (RedisCoordinator is that budget).
+    pacer = UpdatePacer(shared_budget=coordinator if isinstance(coordinator, RedisCoordinator) else None)
+    streamer = ReplyStreamer(bot, pacer, settings.stream_mode, metrics, coordinator,
+                             rich_final=settings.rich_messages)
     target = image_target(settings)
     usage = UsageGuard(store, UsageLimits(
         rate=parse_rate(settings.user_rate_limit) if settings.user_rate_limit else None,
         user_daily_tokens=settings.user_daily_tokens,
         chat_daily_tokens=settings.chat_daily_tokens,
-    ))
+    ), coordinator)
     alerts = OperatorAlerts(bot, settings.admin_ids)
     model_choice = ModelChoice(store, settings.selectable_models)
     inbox = Inbox(store)
@@ -160,7 +98,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         options=AnswerOptions(max_images_for=settings.max_images_for, album_grid=settings.album_grid,
                               slow_notice_after=settings.slow_notice_after, resume_max_age=settings.resume_max_age),
     )
-    queue = ChatQueue()
+    queue = ChatQueue(coordinator, inbox)
     chat_admins = ChatAdmins(bot, settings.admin_ids)
     # No FSM: conversations live in storage; aiogram's in-memory FSM would only keep a record per user forever.
     dispatcher = Dispatcher(disable_fsm=True, settings=settings, context=context, answers=answers, chat_queue=queue,
@@ -168,7 +106,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
                             model_choice=model_choice, chat_admins=chat_admins, inbox=inbox,
                             housekeeping=Housekeeping(store, context, inbox, Retention(
                                 inbox_seconds=settings.inbox_retention, usage_days=settings.usage_retention_days)))
-    dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, AlbumCollector()))
+    dispatcher.update.outer_middleware(ChatOrderMiddleware(queue, coordinator))
     dispatcher.message.outer_middleware(AccessMiddleware(settings.allowed_user_ids, settings.allowed_chat_ids))
     dispatcher.include_router(build_router())
     dispatcher.startup.register(_on_startup)
@@ -197,20 +135,6 @@ async def _on_shutdown(settings: Settings, chat_queue: ChatQueue, pacer: UpdateP
     await pacer.close()
 
 
-async def run_checks(settings: Settings) -> list[Finding]:
-    """The same clients the bot uses, asked once each."""
-    async with create_http_client(settings) as http:
-        bot = create_bot(settings)
-        try:
-            findings = await check_telegram(bot)
-        finally:
-            await bot.session.close()
-        async with AsyncExitStack() as stack:
-            publisher = await create_publisher(settings, stack)
-            findings += await check_providers(http, provider_configs(settings), retry_policy(settings), publisher)
-    return findings
-
-
 class BotApp:
     """`python -m bot` and the end-to-end tests run exactly this."""
 
@@ -221,6 +145,7 @@ class BotApp:
         self.metrics = Metrics()
         self._started = asyncio.Event()
         self._stop = asyncio.Event()
+        self._coordinator: Coordinator = LocalCoordinator()
 
     async def run(self, *, handle_signals: bool = True) -> None:
         settings = self.settings
@@ -237,10 +162,14 @@ class BotApp:
             stack.push_async_callback(bot.session.close)
             publisher = await create_publisher(settings, stack)
             self.publisher = publisher
-            self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics,
-                                                image_workers=image_workers, publisher=publisher)
+            coordinator = await open_coordinator(
+                settings.redis_url.get_secret_value() if settings.redis_url else None, key_prefix=settings.redis_prefix)
+            stack.push_async_callback(coordinator.close)
+            self.dispatcher = create_dispatcher(settings, bot, http, store, self.metrics, image_workers=image_workers,
+                                                coordinator=coordinator, publisher=publisher)
             self.dispatcher.startup.register(self._mark_started)
-            intake = Intake(self.dispatcher, bot, self.dispatcher["inbox"])
+            intake = Intake(self.dispatcher, bot, self.dispatcher["inbox"], coordinator)
+            self._coordinator = coordinator
             stack.push_async_callback(intake.close)
             sweeper = asyncio.create_task(self.dispatcher["housekeeping"].run(), name="housekeeping")
             stack.push_async_callback(_cancelled, sweeper)
@@ -263,8 +192,9 @@ class BotApp:
         workflow = {"dispatcher": dispatcher, "bots": (bot,), **dispatcher.workflow_data}
         await dispatcher.emit_startup(bot=bot, **workflow)
         try:
-            await intake.resume()
-            await poll(bot, intake, self._stop, allowed_updates=dispatcher.resolve_used_update_types())
+            async with self._resuming(intake):
+                await poll(bot, intake, self._coordinator, self._stop,
+                           allowed_updates=dispatcher.resolve_used_update_types())
         finally:
             await dispatcher.emit_shutdown(bot=bot, **workflow)  # in-flight answers drain first
 
@@ -280,10 +210,24 @@ class BotApp:
         log.info("webhook server on %s:%s%s", settings.webhook_host, settings.webhook_port,
                  webhook_path(settings.webhook_url))
         try:
-            await intake.resume()
-            await self._stop.wait()
+            async with self._resuming(intake):
+                await self._stop.wait()
         finally:
             await runner.cleanup()  # runs the dispatcher's shutdown: in-flight answers drain first
+
+    @asynccontextmanager
+    async def _resuming(self, intake: Intake) -> AsyncIterator[None]:
+        """What an earlier run left unfinished: alone, all of it at start; with replicas, whatever no live replica
+        holds, looked for all along (a replica may die at any time)."""
+        if not self._coordinator.shared:
+            await intake.resume()
+            yield
+            return
+        watcher = asyncio.create_task(intake.watch(), name="take-over")
+        try:
+            yield
+        finally:
+            await _cancelled(watcher)
 
     async def _mark_started(self, **_: Any) -> None:
         self._started.set()

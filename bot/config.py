@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
 from pydantic import (
     AliasChoices,
@@ -80,6 +81,8 @@ class Settings(BaseSettings):
     s3_region: str | None = None
 
     database_url: str = "sqlite:///data/bot.sqlite3"
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="vision-bot:", min_length=1, description="key prefix: one Redis, several bots")
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     allowed_chat_ids: Annotated[frozenset[int], NoDecode] = frozenset()
@@ -171,6 +174,13 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlparse(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @field_validator("public_base_url", "s3_endpoint_url")
     @classmethod
     def _optional_http_url(cls, value: str | None) -> str | None:
@@ -243,10 +253,11 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction: keys of every provider, tokens, passwords."""
         values = [self.bot_token, *self.vision_api_keys, self.vision_api_key, self.webhook_secret,
-                  self.s3_secret_access_key]
+                  self.s3_secret_access_key, self.redis_url]
         for fallback in self.vision_fallbacks:
             values += [fallback.api_key, *fallback.api_keys]
-        return [value.get_secret_value() for value in values if value is not None]
+        passwords = [urlparse(url).password for url in (self.database_url,)]
+        return [value.get_secret_value() for value in values if value is not None] + [p for p in passwords if p]
 
     @property
     def database_path(self) -> Path | None:

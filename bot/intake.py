@@ -1,4 +1,4 @@
-"""Where updates come in: long polling or the webhook hands each to the intake, which records it, then handles it.
+"""Where updates come in: polling or the webhook hands each to the intake, which records it, then handles it.
 
 Recording comes first: the polling offset moves past an update, and a webhook request is answered 200, only
 once the update is in the inbox. Handling runs in a task of its own (one per update; aiogram's middlewares keep
@@ -11,57 +11,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from contextlib import suppress
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import (
-    TelegramConflictError,
-    TelegramNetworkError,
-    TelegramRetryAfter,
-    TelegramServerError,
-)
 from aiogram.types import Update
 
+from bot.coordination import Coordinator
+from bot.models import UNFINISHED_STATES, InboxEntry
 from bot.services.inbox import Inbox, Ticket
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_SECONDS = 25
-# A 409 this soon after polling started means this process is the second poller.
-CONFLICT_GRACE_SECONDS = 3.0
-_CONFLICT_RETRY_SECONDS = 0.2
-_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-class PollingConflict(Exception):
-    """Telegram answered 409: another process polls with the same token."""
+# With replicas: how often each looks for updates a dead replica left, and how old they must be (an album item
+# waits up to ALBUM_LONGEST_SECONDS for its first item to collect it, a replica's hold lapses in ~10 s).
+SCAN_SECONDS = 5.0
+# An update is confirmed once in its chat's line; a handler that fails before that does not hold Telegram up.
+QUEUED_WITHIN_SECONDS = 2.0
+TAKE_OVER_AFTER_SECONDS = 20.0
 
 
 class Intake:
-    def __init__(self, dispatcher: Dispatcher, bot: Bot, inbox: Inbox) -> None:
+    def __init__(self, dispatcher: Dispatcher, bot: Bot, inbox: Inbox, coordinator: Coordinator) -> None:
         self._dispatcher = dispatcher
         self._bot = bot
         self._inbox = inbox
+        self._coordinator = coordinator
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deferred: set[int] = set()  # album items held until the album's first item has finished
 
     async def accept(self, update: Update) -> bool:
         """Record the update, then start handling it; False (and nothing handled) for a duplicate."""
         payload = update.model_dump_json(exclude_none=True)
         if not await self._inbox.receive(update.update_id, _chat_of(update), payload):
             return False
-        self._spawn(update, Ticket(update.update_id))
+        if await self._coordinator.hold_update(update.update_id):  # else a replica's scan took it already
+            ticket = Ticket(update.update_id)
+            self._spawn(update, ticket)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(ticket.queued.wait(), QUEUED_WITHIN_SECONDS)
         return True
 
     async def resume(self) -> int:
-        """Feed again every update a crash (or a cut-off at shutdown) left unfinished, oldest first."""
-        entries = await self._inbox.unfinished()
-        for entry in entries:
-            update = Update.model_validate_json(entry.payload, context={"bot": self._bot})
-            self._spawn(update, Ticket.resuming(entry))
-        if entries:
-            log.info("resuming %d update(s) left unfinished by the last run", len(entries))
-        return len(entries)
+        """One replica: at start, feed again every update a crash (or a cut-off at shutdown) left unfinished."""
+        return await self._take_over(await self._inbox.unfinished())
+
+    async def watch(self, *, every: float = SCAN_SECONDS, older_than: float = TAKE_OVER_AFTER_SECONDS) -> None:
+        """Several replicas: take over, now and then, unfinished updates no live replica holds (one died)."""
+        while True:
+            cut_off = time.time() - older_than
+            entries = [entry for entry in await self._inbox.unfinished() if entry.received_at < cut_off]
+            await self._take_over(entries)
+            await self._release_finished_album_items()
+            await asyncio.sleep(every)
 
     async def close(self) -> None:
         """After the dispatcher's drain: whatever still runs is cut off (and resumed at the next start)."""
@@ -70,6 +71,25 @@ class Intake:
         for task in list(self._tasks):
             with suppress(asyncio.CancelledError):
                 await task
+
+    async def _take_over(self, entries: list[InboxEntry]) -> int:
+        taken = 0
+        for entry in entries:
+            if entry.update_id in self._deferred or not await self._coordinator.hold_update(entry.update_id):
+                continue
+            update = Update.model_validate_json(entry.payload, context={"bot": self._bot})
+            self._spawn(update, Ticket.resuming(entry))
+            taken += 1
+        if taken:
+            log.info("resuming %d unfinished update(s)", taken)
+        return taken
+
+    async def _release_finished_album_items(self) -> None:
+        for update_id in list(self._deferred):
+            entry = await self._inbox.entry(update_id)
+            if entry is None or entry.state not in UNFINISHED_STATES:
+                self._deferred.discard(update_id)
+                await self._coordinator.release_update(update_id)
 
     def _spawn(self, update: Update, ticket: Ticket) -> None:
         task = asyncio.create_task(self._handle(update, ticket), name=f"update:{update.update_id}")
@@ -80,74 +100,16 @@ class Intake:
         try:
             await self._dispatcher.feed_update(self._bot, update, ticket=ticket)
         except asyncio.CancelledError:
-            raise  # not finished: the next start resumes it
+            await self._coordinator.release_update(update.update_id)
+            raise  # not finished: resumed at the next start, or by another replica
         except Exception:
             log.exception("update %s failed", update.update_id)
             ticket.failed = True
         await self._inbox.finish(ticket)
-
-
-async def poll(bot: Bot, intake: Intake, stop: asyncio.Event, *, allowed_updates: list[str]) -> None:
-    """Long polling; each batch is recorded before the next request confirms it (its offset moves past it).
-
-    Telegram ends the *older* of two concurrent getUpdates with 409. A poller that has been polling for a while
-    answers a 409 with a quick new request, which ends the newcomer's; a poller whose first seconds bring a 409 is
-    the newcomer and stops (`PollingConflict`). The first request does not wait (timeout 0), so a poller is
-    established within moments of starting.
-    """
-    offset: int | None = None
-    failures = 0
-    established_at: float | None = None
-    while not stop.is_set():
-        timeout = POLL_TIMEOUT_SECONDS if established_at is not None else 0
-        try:
-            updates = await _until_stopped(bot.get_updates(offset=offset, timeout=timeout,
-                                                           allowed_updates=allowed_updates), stop)
-        except TelegramConflictError as exc:
-            if established_at is None or time.monotonic() - established_at < CONFLICT_GRACE_SECONDS:
-                raise PollingConflict(exc.message) from None
-            log.warning("another process polled with this token (409); polling on")
-            await _sleep_unless_stopped(_CONFLICT_RETRY_SECONDS, stop)
-            continue
-        except TelegramRetryAfter as exc:
-            await _sleep_unless_stopped(exc.retry_after, stop)
-            continue
-        except (TelegramNetworkError, TelegramServerError) as exc:
-            wait = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)]
-            failures += 1
-            log.warning("getUpdates failed (%s); retrying in %.0f s", exc, wait)
-            await _sleep_unless_stopped(wait, stop)
-            continue
-        failures = 0
-        if established_at is None:
-            established_at = time.monotonic()
-        for update in updates or ():
-            await intake.accept(update)
-            offset = update.update_id + 1
-
-
-async def _until_stopped(call: Awaitable[list[Update]], stop: asyncio.Event) -> list[Update] | None:
-    """The call's result, or None once `stop` is set first (the pending long poll is abandoned)."""
-    request = asyncio.ensure_future(call)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({request, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        request.cancel()
-        raise
-    finally:
-        stopped.cancel()
-    if request.done():
-        return request.result()
-    request.cancel()
-    with suppress(asyncio.CancelledError):
-        await request
-    return None
-
-
-async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event) -> None:
-    with suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        if ticket.deferred and self._coordinator.shared:
+            self._deferred.add(update.update_id)  # released once the album's first item has finished
+        else:
+            await self._coordinator.release_update(update.update_id)
 
 
 def _chat_of(update: Update) -> int | None:

@@ -18,6 +18,7 @@ from bot.config import Settings, load_settings
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.vision_server import FakeVision
 from tests.postgres import fresh_schema
+from tests.redis_keys import delete_keys, unique_prefix
 
 API_KEY = "sk-test-key-123"
 
@@ -160,3 +161,11 @@ def redis_url() -> str:
     import os
 
     return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix for one test's bots (REDIS_PREFIX); its keys are deleted afterwards."""
+    prefix = unique_prefix()
+    yield prefix
+    await delete_keys(redis_url, prefix)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bot.__main__ import main
-from bot.app import run_checks
 from bot.config import Settings
+from bot.factories import run_checks
 from bot.services.diagnostics import CHECK_MAX_TOKENS, Finding
 from tests.conftest import API_KEY
 from tests.fakes.telegram_server import FakeTelegram

@@ -61,6 +61,14 @@ class BotProcess:
             self.process.terminate()
             await asyncio.wait_for(self.process.wait(), timeout=30)
 
+    def message_id(self, update_id: int) -> int | None:
+        try:
+            with sqlite3.connect(self.database) as db:
+                row = db.execute("SELECT message_id FROM inbox WHERE update_id = ?", (update_id,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
+
     def states(self) -> dict[int, str]:
         if not self.database.exists():
             return {}
@@ -98,9 +106,11 @@ async def test_kill_9_mid_stream_then_restart_gives_one_complete_answer_in_the_s
     vision.default_reply = stream_reply(["The whole ", "answer."])
     await bot_process.start()
 
-    ask(telegram)
+    update_id = ask(telegram)
     await eventually(lambda: any("word" in message.get("text", "") and message.get("reply_markup")
                                  for message in telegram.chat_messages(USER["id"])))
+    # The half message's id reaches the inbox a moment after Telegram returns it; the kill comes after that.
+    await eventually(lambda: bot_process.message_id(update_id) is not None)
     await bot_process.kill()
     (half,) = telegram.chat_messages(USER["id"])
     assert half["text"].startswith("word0") and half.get("reply_markup")  # a Stop button nobody can use now
@@ -163,8 +173,8 @@ async def test_a_question_interrupted_too_long_ago_gets_asked_to_ask_again(
     bot_process.env["RESUME_MAX_AGE"] = "1"
     await bot_process.start()
 
-    ask(telegram)
-    await eventually(lambda: any("word" in message.get("text", "") for message in telegram.chat_messages(USER["id"])))
+    update_id = ask(telegram)
+    await eventually(lambda: bot_process.message_id(update_id) is not None)
     await bot_process.kill()
     await asyncio.sleep(1.5)
     await bot_process.start()

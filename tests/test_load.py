@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from bot.app import IMAGE_WORKERS
+from bot.factories import IMAGE_WORKERS
 from bot.services.downloads import IN_FLIGHT_PER_WORKER
 from tests.conftest import API_KEY, RunningBot, make_photo
 from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat

@@ -22,7 +22,7 @@ def create_router() -> Router:
 
 
 async def on_draft_stopped(event: MessageGenerationStopped, streamer: ReplyStreamer) -> None:
-    outcome = streamer.stop(event.chat.id, event.draft_id)
+    outcome = await streamer.stop(event.chat.id, event.draft_id)
     log.info("draft %s in chat %s stopped by the user: %s", event.draft_id, event.chat.id, outcome.value)
 
 
@@ -33,7 +33,7 @@ async def on_stop_button(query: CallbackQuery, streamer: ReplyStreamer) -> None:
     if message is None or not stream_id.isdigit():
         await query.answer()
         return
-    outcome = streamer.stop(message.chat.id, int(stream_id), user_id=query.from_user.id)
+    outcome = await streamer.stop(message.chat.id, int(stream_id), user_id=query.from_user.id)
     if outcome is StopOutcome.STOPPED:
         await query.answer()
     elif outcome is StopOutcome.NOT_ALLOWED:

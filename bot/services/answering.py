@@ -80,7 +80,7 @@ class AnswerService:
                 await self._streamer.notice(question.target, _refusal_text(exc, question.language))
                 return
         await self._inbox.asking(ticket)
-        stream = self._streamer.open(question.target, adopt_message_id=ticket.message_id,
+        stream = await self._streamer.open(question.target, adopt_message_id=ticket.message_id,
                                      on_message=lambda message_id: self._inbox.asking(ticket, message_id=message_id))
         answer = _Answer(language=question.language)
         try:
@@ -117,7 +117,7 @@ class AnswerService:
         """Interrupted too long ago to answer now: the half-written answer (if any) becomes the note."""
         log.info("update %s was interrupted too long ago; asking the user to ask again", ticket.update_id)
         ticket.failed = True
-        stream = self._streamer.open(question.target, adopt_message_id=ticket.message_id)
+        stream = await self._streamer.open(question.target, adopt_message_id=ticket.message_id)
         try:
             await stream.finish_plain(error_text("interrupted", question.language))
         finally:

@@ -8,6 +8,7 @@ had finished, the answer itself (delivered, not asked again).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ class Ticket:
     deferred: bool = False  # an album item: finished with the album's first item
     failed: bool = False
     finished: bool = False
+    # Set once the update waits in its chat's line: only then is it confirmed to Telegram, so an update of the same
+    # chat delivered next (to any replica) queues behind it.
+    queued: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def resuming(cls, entry: InboxEntry) -> Ticket:
@@ -72,6 +76,12 @@ class Inbox:
         state = FAILED if ticket.failed else ANSWERED
         for update_id in dict.fromkeys([ticket.update_id, *ticket.covers]):
             await self._store.set_update_state(update_id, state, now=self._clock())
+
+    async def entry(self, update_id: int) -> InboxEntry | None:
+        return await self._store.inbox_entry(update_id)
+
+    async def earlier_unfinished(self, chat_id: int, update_id: int) -> bool:
+        return await self._store.earlier_unfinished(chat_id, update_id)
 
     async def unfinished(self) -> list[InboxEntry]:
         return await self._store.unfinished_updates()

@@ -4,44 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Generic, TypeVar
+
+from bot.coordination import Coordinator
+from bot.services.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 ALBUM_QUIET_SECONDS = 0.6
 ALBUM_LONGEST_SECONDS = 3.0
+EARLIER_UPDATE_POLL_SECONDS = 0.5
 
 
 class ChatQueue:
-    """Serialises work per key (FIFO: asyncio locks wake waiters in arrival order); tracks it for shutdown."""
+    """One update of a chat at a time, in update order (across replicas with Redis); tracks the work for shutdown."""
 
-    def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+    def __init__(self, coordinator: Coordinator, inbox: Inbox) -> None:
+        self._coordinator = coordinator
+        self._inbox = inbox
         self._tasks: set[asyncio.Task[object]] = set()
 
     @asynccontextmanager
-    async def turn(self, key: Hashable) -> AsyncIterator[None]:
+    async def turn(self, chat_id: int, update_id: int, *, queued: asyncio.Event | None = None) -> AsyncIterator[None]:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
-                yield
+            while True:
+                async with self._coordinator.chat_turn(chat_id, update_id, queued=queued):
+                    if not await self._earlier_update_pending(chat_id, update_id):
+                        yield
+                        return
+                # The turn is free meanwhile: the earlier update may take it.
+                await asyncio.sleep(EARLIER_UPDATE_POLL_SECONDS)
         finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _earlier_update_pending(self, chat_id: int, update_id: int) -> bool:
+        """With replicas, an earlier update of the chat may wait for a takeover (its replica died before it took
+        the turn): this one waits too. Alone, turns already come in update order."""
+        return self._coordinator.shared and await self._inbox.earlier_unfinished(chat_id, update_id)
 
     @property
     def active(self) -> int:
@@ -59,42 +63,3 @@ class ChatQueue:
         for task in pending:
             task.cancel()
         await asyncio.wait(pending, timeout=cancel_timeout)
-
-
-class AlbumCollector(Generic[T]):
-    """Telegram sends an album as separate updates sharing a media_group_id, with nothing marking the end.
-
-    The first item opens a collection (synchronously, so later items always find it), the others join it and
-    are done; the first then waits until no item arrived for `quiet` seconds (at most `longest`).
-    """
-
-    def __init__(self, *, quiet: float = ALBUM_QUIET_SECONDS, longest: float = ALBUM_LONGEST_SECONDS) -> None:
-        self._quiet = quiet
-        self._longest = longest
-        self._open: dict[Hashable, list[T]] = {}
-        self._last_arrival: dict[Hashable, float] = {}
-
-    def join(self, key: Hashable, item: T) -> bool:
-        """True if `item` joined an album already being collected (the caller has nothing more to do)."""
-        items = self._open.get(key)
-        if items is None:
-            self._open[key] = [item]
-            self._last_arrival[key] = time.monotonic()
-            return False
-        items.append(item)
-        self._last_arrival[key] = time.monotonic()
-        return True
-
-    async def complete(self, key: Hashable) -> list[T]:
-        """Wait for the rest of the album opened by `join`, then close it."""
-        started = time.monotonic()
-        try:
-            while True:
-                now = time.monotonic()
-                wait = min(self._last_arrival[key] + self._quiet, started + self._longest) - now
-                if wait <= 0:
-                    return self._open[key]
-                await asyncio.sleep(wait)
-        finally:
-            self._open.pop(key, None)
-            self._last_arrival.pop(key, None)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from bot.coordination import SendBudget
+
 # Telegram: about 1 message/s in one chat, 20/min in a group, 30/s for the whole bot (we keep a margin).
 PRIVATE_INTERVAL = 1.0
 GROUP_INTERVAL = 3.1
@@ -48,7 +50,13 @@ class UpdatePacer:
         group_interval: float = GROUP_INTERVAL,
         bot_per_second: float = BOT_PER_SECOND,
         clock: Callable[[], float] = time.monotonic,
+        shared_budget: SendBudget | None = None,
     ) -> None:
+        """`shared_budget` (Redis, several replicas): each turn this pacer grants is also reserved there, so all
+        replicas together keep Telegram's budgets; the turn is granted when the shared slot comes."""
+        self._shared_budget = shared_budget
+        self._reserving: list[_Request] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._private_interval = private_interval
         self._group_interval = group_interval
         self._bot_gap = 1.0 / bot_per_second
@@ -83,11 +91,17 @@ class UpdatePacer:
         """Telegram said "retry after N" for this chat; a second chat saying so soon after means the whole bot."""
         now = self._clock()
         self._chat_next[chat_id] = max(self._chat_next.get(chat_id, 0.0), now + seconds)
-        if self._last_flood is not None and self._last_flood[0] != chat_id \
-                and now - self._last_flood[1] < _GLOBAL_FLOOD_WINDOW:
+        whole_bot = self._last_flood is not None and self._last_flood[0] != chat_id \
+            and now - self._last_flood[1] < _GLOBAL_FLOOD_WINDOW
+        if whole_bot:
             self._bot_next = max(self._bot_next, now + seconds)
         self._last_flood = (chat_id, now)
         self._changed.set()
+        if self._shared_budget is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._shared_budget.pause(chat_id, seconds, whole_bot=whole_bot))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         # The flag, not only the cancel: on Python 3.11 wait_for may swallow a cancel that races its wake-up.
@@ -106,6 +120,8 @@ class UpdatePacer:
         while not self._closed:
             self._changed.clear()
             wait = self._grant_next()
+            if self._reserving:
+                await self._reserve_shared()
             if wait == 0.0:
                 continue
             with contextlib.suppress(TimeoutError):
@@ -128,10 +144,32 @@ class UpdatePacer:
         interval = self._group_interval if chosen.chat_id < 0 else self._private_interval
         self._chat_next[chosen.chat_id] = now + interval
         self._bot_next = now + self._bot_gap
-        chosen.granted.set_result(None)
+        if self._shared_budget is None:
+            chosen.granted.set_result(None)
+        else:
+            self._reserving.append(chosen)
         self._prune(now)
         return 0.0
+
+    async def _reserve_shared(self) -> None:
+        """Turns chosen here wait for their slot in the budget all replicas share (granted then, not before)."""
+        assert self._shared_budget is not None
+        chosen, self._reserving = self._reserving, []
+        for request in chosen:
+            delay = await self._shared_budget.send_slot(request.chat_id)
+            if delay <= 0:
+                _grant(request.granted)
+                continue
+            interval = self._group_interval if request.chat_id < 0 else self._private_interval
+            self._chat_next[request.chat_id] = max(self._chat_next.get(request.chat_id, 0.0),
+                                                   self._clock() + delay + interval)
+            asyncio.get_running_loop().call_later(delay, _grant, request.granted)
 
     def _prune(self, now: float) -> None:
         if len(self._chat_next) > _PRUNE_ABOVE:
             self._chat_next = {chat: at for chat, at in self._chat_next.items() if at > now}
+
+
+def _grant(granted: asyncio.Future[None]) -> None:
+    if not granted.done():  # a caller cancelled meanwhile takes nothing
+        granted.set_result(None)

@@ -48,6 +48,7 @@ from aiogram.types import (
 )
 
 from bot.config import StreamMode
+from bot.coordination import Coordinator
 from bot.metrics import Metrics
 from bot.services.formatting import RenderedText, render, render_plain
 from bot.services.pacing import Priority, UpdatePacer
@@ -84,9 +85,11 @@ class StopOutcome(Enum):
 class ReplyStreamer:
     """Bot-wide factory of reply streams; knows the live ones (for Stop) and where Telegram refused drafts."""
 
-    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode, metrics: Metrics, *,
-                 rich_final: bool = False) -> None:
+    def __init__(self, bot: Bot, pacer: UpdatePacer, mode: StreamMode, metrics: Metrics, coordinator: Coordinator,
+                 *, rich_final: bool = False) -> None:
         self._bot = bot
+        self._coordinator = coordinator
+        coordinator.on_stop(self._stop_heard)
         self._pacer = pacer
         self._mode = mode
         self.metrics = metrics
@@ -100,8 +103,8 @@ class ReplyStreamer:
     def live(self) -> int:
         return len(self._live)
 
-    def open(self, target: ReplyTarget, *, adopt_message_id: int | None = None,
-             on_message: MessageListener | None = None) -> ReplyStream:
+    async def open(self, target: ReplyTarget, *, adopt_message_id: int | None = None,
+                   on_message: MessageListener | None = None) -> ReplyStream:
         """`adopt_message_id`: an earlier, interrupted answer's message, which this one edits into itself (its Stop
         button goes with the final text). `on_message`: told the id of the first message this answer sends."""
         stream_id = next(self._stream_ids)
@@ -110,6 +113,7 @@ class ReplyStreamer:
                              adopt_message_id=adopt_message_id, on_message=on_message)
         self._live[stream_id] = stream
         self.metrics.active_streams.set(len(self._live))
+        await self._coordinator.announce_stream(stream_id, target.chat_id, target.asker_id)
         stream.start()
         return stream
 
@@ -119,18 +123,25 @@ class ReplyStreamer:
                              use_drafts=False)
         await stream.finish_plain(text)
 
-    def stop(self, chat_id: int, stream_id: int, *, user_id: int | None = None) -> StopOutcome:
-        """Stop pressed: on a draft (no user check needed, only the chat's user sees it) or on a button."""
-        stream = self._live.get(stream_id)
-        if stream is None or stream.target.chat_id != chat_id:
+    async def stop(self, chat_id: int, stream_id: int, *, user_id: int | None = None) -> StopOutcome:
+        """Stop pressed (on a draft: no user check needed, only the chat's user sees it; or on a button), on this
+        replica or any other: the replica streaming the answer hears it and stops."""
+        owner = await self._coordinator.stream_owner(stream_id)
+        if owner is None or owner[0] != chat_id:
             return StopOutcome.UNKNOWN
-        if user_id is not None and stream.target.asker_id not in (None, user_id):
+        if user_id is not None and owner[1] not in (None, user_id):
             return StopOutcome.NOT_ALLOWED
-        stream.request_stop()
+        await self._coordinator.publish_stop(stream_id)
         return StopOutcome.STOPPED
 
-    def forget(self, stream: ReplyStream) -> None:
-        self._live.pop(stream.stream_id, None)
+    def _stop_heard(self, stream_id: int) -> None:
+        stream = self._live.get(stream_id)
+        if stream is not None:
+            stream.request_stop()
+
+    async def forget(self, stream: ReplyStream) -> None:
+        if self._live.pop(stream.stream_id, None) is not None:
+            await self._coordinator.forget_stream(stream.stream_id)
         self.metrics.active_streams.set(len(self._live))
 
     @property
@@ -221,7 +232,7 @@ class ReplyStream:
     async def close(self) -> None:
         """Release the background tasks (of a stream that was never finished, too)."""
         self._closing = True
-        self._streamer.forget(self)
+        await self._streamer.forget(self)
         for task in (self._updater, self._typing):
             if task is not None:
                 task.cancel()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from bot.coordination import Coordinator
 from bot.errors import BudgetExhausted, UserRateLimited
 from bot.models import Usage, UsageRecord, UsageTotal
 from bot.storage.base import ConversationStore
@@ -33,12 +33,12 @@ class TodayUsage:
 
 
 class UsageGuard:
-    def __init__(self, store: ConversationStore, limits: UsageLimits, *,
+    def __init__(self, store: ConversationStore, limits: UsageLimits, coordinator: Coordinator, *,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._limits = limits
+        self._coordinator = coordinator
         self._clock = clock
-        self._recent: dict[int, deque[float]] = {}
 
     async def admit(self, *, user_id: int | None, chat_id: int) -> None:
         """Raises UserRateLimited or BudgetExhausted; an admitted request counts towards the rate."""
@@ -51,16 +51,9 @@ class UsageGuard:
                 and await self._store.tokens_on(day, chat_id=chat_id) >= limits.chat_daily_tokens:
             raise BudgetExhausted("chat")
         if user_id is not None and limits.rate is not None:
-            self._take_rate_slot(user_id, *limits.rate)
-
-    def _take_rate_slot(self, user_id: int, allowed: int, per_seconds: int) -> None:
-        now = self._clock()
-        recent = self._recent.setdefault(user_id, deque())
-        while recent and recent[0] <= now - per_seconds:
-            recent.popleft()
-        if len(recent) >= allowed:
-            raise UserRateLimited(retry_after=max(1.0, recent[0] + per_seconds - now))
-        recent.append(now)
+            wait = await self._coordinator.rate_slot(user_id, *limits.rate)  # counted on every replica
+            if wait is not None:
+                raise UserRateLimited(max(1.0, wait))
 
     async def record(self, *, chat_id: int, user_id: int | None, outcome: str, usage: Usage | None,
                      question_chars: int = 0, images: int = 0, answer_chars: int = 0,

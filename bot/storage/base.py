@@ -65,6 +65,10 @@ class ConversationStore(Protocol):
         """Updates received but not done or failed, oldest update first: what a restart must handle again."""
         ...
 
+    async def earlier_unfinished(self, chat_id: int, update_id: int) -> bool:
+        """Whether an update of the chat older than `update_id` is still unfinished (order across replicas)."""
+        ...
+
     async def prune_inbox(self, *, older_than: float) -> int:
         """Delete done and failed updates last changed before the cut-off (their ids stop being deduplicated)."""
         ...

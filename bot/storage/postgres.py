@@ -187,6 +187,11 @@ class PostgresConversationStore:
         )
         return [InboxEntry(*row) for row in rows]
 
+    async def earlier_unfinished(self, chat_id: int, update_id: int) -> bool:
+        return bool(await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE chat_id = $1 AND update_id < $2 AND state = ANY($3::text[]))",
+            chat_id, update_id, list(UNFINISHED_STATES)))
+
     async def prune_inbox(self, *, older_than: float) -> int:
         status = await self._pool.execute(
             "DELETE FROM inbox WHERE updated_at < $1 AND state <> ALL($2::text[])",

@@ -76,6 +76,7 @@ MIGRATIONS: tuple[str, ...] = (
         answer TEXT
     );
     CREATE INDEX inbox_unfinished ON inbox (state, update_id);
+    CREATE INDEX inbox_by_chat ON inbox (chat_id, update_id);
     CREATE INDEX inbox_by_age ON inbox (updated_at);
     """,
 )

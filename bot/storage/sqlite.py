@@ -214,6 +214,13 @@ class SqliteConversationStore:
             (*UNFINISHED_STATES, limit))
         return [InboxEntry(*row) for row in await cursor.fetchall()]
 
+    async def earlier_unfinished(self, chat_id: int, update_id: int) -> bool:
+        marks = ",".join("?" * len(UNFINISHED_STATES))
+        cursor = await self._db.execute(
+            f"SELECT 1 FROM inbox WHERE chat_id = ? AND update_id < ? AND state IN ({marks}) LIMIT 1",
+            (chat_id, update_id, *UNFINISHED_STATES))
+        return await cursor.fetchone() is not None
+
     async def prune_inbox(self, *, older_than: float) -> int:
         marks = ",".join("?" * len(UNFINISHED_STATES))
         cursor = await self._db.execute(

@@ -739,6 +739,10 @@ class FakeTelegram:
         self._notify()
         return update_id
 
+    def know(self, update_fields: Json) -> None:
+        """Remember a user's message without queuing it for getUpdates: an update delivered by webhook."""
+        self._remember(update_fields)
+
     def redeliver(self, update_id: int) -> None:
         """Delivers a pushed update again, same id: Telegram's at-least-once delivery (an offset that was never
         confirmed, a webhook retry)."""
@@ -818,6 +822,10 @@ class FakeTelegram:
             for message_id in sorted(messages)
             if messages[message_id].get("from", {}).get("id") == self.bot_user["id"]
         ]
+
+    def sent_messages(self) -> list[Json]:
+        """Every message the bot has in any chat, as it is now."""
+        return [message for chat_id in list(self._messages) for message in self.chat_messages(chat_id)]
 
     def draft(self, chat_id: int) -> Json | None:
         """The draft currently shown in a private chat; sending a message there clears it, as in Telegram."""

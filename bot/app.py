@@ -223,11 +223,14 @@ class BotApp:
             await intake.resume()
             yield
             return
-        watcher = asyncio.create_task(intake.watch(), name="take-over")
+        tasks = [asyncio.create_task(intake.watch(), name="take-over")]
+        if self.settings.bot_mode is BotMode.POLLING:  # the poller shares out what it receives
+            tasks.append(asyncio.create_task(intake.work(), name="work"))
         try:
             yield
         finally:
-            await _cancelled(watcher)
+            for task in tasks:
+                await _cancelled(task)
 
     async def _mark_started(self, **_: Any) -> None:
         self._started.set()

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # With replicas: how often each looks for updates a dead replica left, and how old they must be (an album item
 # waits up to ALBUM_LONGEST_SECONDS for its first item to collect it, a replica's hold lapses in ~10 s).
 SCAN_SECONDS = 5.0
+WORK_WAIT_SECONDS = 2.0
 # An update is confirmed once in its chat's line; a handler that fails before that does not hold Telegram up.
 QUEUED_WITHIN_SECONDS = 2.0
 TAKE_OVER_AFTER_SECONDS = 20.0
@@ -39,12 +40,15 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._deferred: set[int] = set()  # album items held until the album's first item has finished
 
-    async def accept(self, update: Update) -> bool:
-        """Record the update, then start handling it; False (and nothing handled) for a duplicate."""
+    async def accept(self, update: Update, *, share: bool = False) -> bool:
+        """Record the update, then start handling it (`share`: offer it to every replica instead); False (and
+        nothing handled) for a duplicate."""
         payload = update.model_dump_json(exclude_none=True)
         if not await self._inbox.receive(update.update_id, _chat_of(update), payload):
             return False
-        if await self._coordinator.hold_update(update.update_id):  # else a replica's scan took it already
+        if share:
+            await self._coordinator.offer(update.update_id)
+        elif await self._coordinator.hold_update(update.update_id):  # else a replica's scan took it already
             ticket = Ticket(update.update_id)
             self._spawn(update, ticket)
             with suppress(TimeoutError):
@@ -63,6 +67,18 @@ class Intake:
             await self._take_over(entries)
             await self._release_finished_album_items()
             await asyncio.sleep(every)
+
+    async def work(self) -> None:
+        """Polling with replicas: take the updates the poller offers (each replica, the poller too)."""
+        while True:
+            update_id = await self._coordinator.take(WORK_WAIT_SECONDS)
+            if update_id is None or not await self._coordinator.hold_update(update_id):
+                continue
+            entry = await self._inbox.entry(update_id)
+            if entry is None or entry.state not in UNFINISHED_STATES:
+                await self._coordinator.release_update(update_id)
+                continue
+            self._spawn(Update.model_validate_json(entry.payload, context={"bot": self._bot}), Ticket(update_id))
 
     async def close(self) -> None:
         """After the dispatcher's drain: whatever still runs is cut off (and resumed at the next start)."""

@@ -52,9 +52,13 @@ async def poll(bot: Bot, intake: Intake, coordinator: Coordinator, stop: asyncio
     long_poll = SHARED_POLL_TIMEOUT_SECONDS if coordinator.shared else POLL_TIMEOUT_SECONDS
     while not stop.is_set():
         if not await coordinator.poll_lease():
+            if established_at is not None:
+                log.warning("lost the poll lease: another replica polls now")
             established_at = None
             await _sleep_unless_stopped(long_poll / 2, stop)
             continue
+        if established_at is None and coordinator.shared:
+            log.info("holding the poll lease: this replica polls Telegram")
         timeout = long_poll if established_at is not None else 0
         try:
             updates = await _until_stopped(bot.get_updates(offset=offset, timeout=timeout,
@@ -79,7 +83,7 @@ async def poll(bot: Bot, intake: Intake, coordinator: Coordinator, stop: asyncio
         if established_at is None:
             established_at = time.monotonic()
         for update in updates or ():
-            await intake.accept(update)
+            await intake.accept(update, share=coordinator.shared)
             offset = update.update_id + 1
 
 

@@ -231,6 +231,26 @@ async def test_an_update_is_held_once_until_released(coordinator: Coordinator) -
     await coordinator.release_update(78)  # never held: nothing happens
 
 
+async def test_offered_updates_are_taken_once_oldest_first(coordinator: Coordinator) -> None:
+    for update_id in (5, 6, 7):
+        await coordinator.offer(update_id)
+
+    assert [await coordinator.take(1.0) for _ in range(3)] == [5, 6, 7]
+    started = time.monotonic()
+    assert await coordinator.take(0.3) is None
+    assert time.monotonic() - started >= 0.25
+
+
+async def test_offers_from_one_replica_are_shared_by_both(replicas: Connect) -> None:
+    one, two = await replicas(), await replicas()
+    for update_id in range(1, 11):
+        await one.offer(update_id)
+
+    taken = await asyncio.gather(*(replica.take(1.0) for replica in (one, two) * 5))
+
+    assert sorted(taken) == list(range(1, 11))
+
+
 async def test_the_poll_lease_is_kept_by_its_holder(coordinator: Coordinator) -> None:
     assert await coordinator.poll_lease() is True
     assert await coordinator.poll_lease() is True

@@ -206,3 +206,27 @@ async def test_a_second_poller_on_the_same_token_stops_with_one_clear_line(
     assert telegram.token not in second.log.read_text()
     ask(telegram)
     await eventually(lambda: len(telegram.chat_messages(USER["id"])) == 1)  # the first one goes on answering
+
+
+async def test_an_answer_cut_off_by_sigterm_is_finished_at_the_next_start(
+        fakes: tuple[FakeTelegram, FakeVision], bot_process: BotProcess) -> None:
+    telegram, vision = fakes
+    vision.enqueue(stream_reply([f"word{number} " for number in range(60)], delay=0.1))
+    vision.default_reply = stream_reply(["The whole ", "answer."])
+    bot_process.env["SHUTDOWN_GRACE"] = "0.5"
+    await bot_process.start()
+
+    update_id = ask(telegram)
+    await eventually(lambda: bot_process.message_id(update_id) is not None)
+    await bot_process.stop()  # SIGTERM: the answer is cut off after the grace, with a note
+    (cut,) = telegram.chat_messages(USER["id"])
+    assert cut["text"].endswith("(answer cut off)")
+    assert bot_process.states()[update_id] == "asking"
+
+    await bot_process.start()
+    await eventually(lambda: bot_process.states().get(update_id) == "answered")
+
+    (message,) = telegram.chat_messages(USER["id"])
+    assert message["message_id"] == cut["message_id"]
+    assert message["text"] == "The whole answer."
+    assert len(vision.requests) == 2

@@ -34,6 +34,7 @@ HEADERS = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 class Replica:
     def __init__(self, number: int, env: dict[str, str], folder: Path) -> None:
         self.port = free_port()
+        self.health_port = self.port
         self.env = {**env, "WEBHOOK_PORT": str(self.port)}
         self.folder = folder / f"replica-{number}"
         self.folder.mkdir()
@@ -49,12 +50,15 @@ class Replica:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if (await http.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                if (await http.get(f"http://127.0.0.1:{self.health_port}/healthz")).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
         raise AssertionError(f"replica on port {self.port} did not start: {(self.folder / 'bot.log').read_text()}")
+
+    def log(self) -> str:
+        return (self.folder / "bot.log").read_text(errors="replace")
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -181,3 +185,44 @@ async def _until(predicate: Any, timeout: float) -> None:  # noqa: ASYNC109 - a 
         if time.monotonic() > deadline:
             raise AssertionError("not in time")
         await asyncio.sleep(0.2)
+
+
+async def test_polling_replicas_share_the_work_and_one_takes_over_polling(
+        tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> None:
+    telegram, vision = FakeTelegram(), FakeVision(api_key=API_KEY)
+    vision.default_reply = stream_reply(["Polled ", "answer."], delay=0.3)
+    await telegram.start()
+    await vision.start()
+    env = {"BOT_TOKEN": telegram.token, "TELEGRAM_API_URL": telegram.base_url, "VISION_BASE_URL": vision.base_url,
+           "VISION_API_KEY": API_KEY, "DATABASE_URL": postgres_url, "REDIS_URL": redis_url,
+           "REDIS_PREFIX": redis_prefix, "WEBHOOK_HOST": "127.0.0.1"}
+    replicas = [Replica(number, env, tmp_path) for number in range(2)]
+    users = [make_user(30_000 + number, f"Poller{number}", "en") for number in range(40)]
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            for replica in replicas:
+                replica.env["METRICS_PORT"] = str(free_port())  # /healthz for start()
+                replica.health_port = int(replica.env["METRICS_PORT"])
+                await replica.start(http)
+        await _until(lambda: any("holding the poll lease" in replica.log() for replica in replicas), timeout=20)
+        for user in users[:20]:
+            telegram.push_update(message_update(private_chat(user), user, text="first round"))
+        await _until(lambda: _answered(telegram) >= 20, timeout=60)
+        poller = next(replica for replica in replicas if "holding the poll lease" in replica.log())
+        other = next(replica for replica in replicas if replica is not poller)
+
+        assert poller.log().count("answer update=") and other.log().count("answer update=")  # both worked
+        await poller.kill()
+        for user in users[20:]:
+            telegram.push_update(message_update(private_chat(user), user, text="second round"))
+        await _until(lambda: _answered(telegram) >= 40, timeout=60)
+        await asyncio.sleep(1.0)
+
+        assert "holding the poll lease" in other.log()  # it took over polling
+        assert sorted(message["reply_to_message"]["message_id"] for message in telegram.sent_messages()) == \
+            sorted({message["reply_to_message"]["message_id"] for message in telegram.sent_messages()})
+        assert len(telegram.sent_messages()) == 40
+    finally:
+        await asyncio.gather(*(replica.stop() for replica in replicas), return_exceptions=True)
+        await telegram.stop()
+        await vision.stop()

@@ -80,6 +80,14 @@ class Coordinator(Protocol):
 
     async def release_update(self, update_id: int) -> None: ...
 
+    async def offer(self, update_id: int) -> None:
+        """Polling with replicas: an update the poller recorded, for whichever replica takes it first."""
+        ...
+
+    async def take(self, wait: float) -> int | None:
+        """The oldest offered update id, or None after `wait` seconds without one."""
+        ...
+
     async def poll_lease(self) -> bool:
         """Take or renew the right to poll Telegram (one replica polls; the lease lapses if it dies)."""
         ...

@@ -25,6 +25,7 @@ class LocalCoordinator:
         self._arrivals = itertools.count()
         self._albums: dict[str, tuple[int, dict[int, str], float]] = {}  # opener, items by update id, last arrival
         self._recent: dict[int, deque[float]] = {}
+        self._work: asyncio.Queue[int] = asyncio.Queue()
         self._streams: dict[int, tuple[int, int | None]] = {}
         self._listeners: list[StopListener] = []
         self._held_updates: set[int] = set()
@@ -129,6 +130,15 @@ class LocalCoordinator:
 
     async def release_update(self, update_id: int) -> None:
         self._held_updates.discard(update_id)
+
+    async def offer(self, update_id: int) -> None:
+        self._work.put_nowait(update_id)
+
+    async def take(self, wait: float) -> int | None:
+        try:
+            return await asyncio.wait_for(self._work.get(), wait)
+        except TimeoutError:
+            return None
 
     async def poll_lease(self) -> bool:
         return True

@@ -227,6 +227,14 @@ class RedisCoordinator:
             renewal.cancel()
             await self._release(lock, f"update {update_id}")
 
+    async def offer(self, update_id: int) -> None:
+        await self._redis.rpush(self._key("work"), update_id)
+
+    async def take(self, wait: float) -> int | None:
+        """BLPOP waits server-side; kept below the socket timeout so a quiet queue is no connection error."""
+        found = await self._redis.blpop([self._key("work")], timeout=min(wait, _SOCKET_TIMEOUT / 2))
+        return int(found[1]) if found else None
+
     async def poll_lease(self) -> bool:
         with contextlib.suppress(LockError):  # not held (any more): try to take it
             return await self._poll_lock.reacquire()

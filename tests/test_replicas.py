@@ -98,7 +98,9 @@ class LoadBalancer:
 async def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
                   ) -> AsyncIterator[tuple[FakeTelegram, FakeVision, list[Replica], LoadBalancer]]:
     telegram, vision = FakeTelegram(), FakeVision(api_key=API_KEY)
-    vision.default_reply = stream_reply(["An answer ", "in two parts."], delay=0.05)
+    # Most of an answer's time is the provider's, as in life: a kill rarely lands in the few milliseconds between
+    # Telegram taking a final message and the inbox recording it (the one moment a takeover repeats an answer).
+    vision.default_reply = stream_reply(["An answer ", "in two parts."], first_delay=1.0, delay=0.05)
     await telegram.start()
     await vision.start()
     env = {"BOT_TOKEN": telegram.token, "TELEGRAM_API_URL": telegram.base_url, "VISION_BASE_URL": vision.base_url,

@@ -22,7 +22,6 @@ from bot.storage import (
     postgres_schema,
     sqlite_schema,
 )
-from tests.postgres import fresh_schema
 
 CHAT = ConversationKey(chat_id=100)
 OTHER_CHAT = ConversationKey(chat_id=200)
@@ -31,14 +30,10 @@ T0 = 1_700_000_000.0
 GRACE = 5 * 60.0  # an image saved this recently may be about to get its turn: never deleted as an orphan
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The one switch between backends: every test using it, or `store`, runs once on each."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'bot.sqlite3'}"
-        return
-    async with fresh_schema() as url:
-        yield url
+@pytest.fixture
+def database_url(bot_database_url: str) -> str:
+    """The one switch between backends (conftest's): every test using it, or `store`, runs once on each."""
+    return bot_database_url
 
 
 @pytest.fixture

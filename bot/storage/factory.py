@@ -9,6 +9,9 @@ from bot.storage.postgres import PostgresConversationStore
 from bot.storage.sqlite import SqliteConversationStore
 
 SQLITE_PREFIX = "sqlite:///"
+# Hundreds of answers in flight each write their progress: a small pool would queue those writes (and widen the
+# moment between a message reaching Telegram and its id being recorded).
+POSTGRES_POOL_SIZE = 20
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
@@ -17,5 +20,5 @@ async def open_store(database_url: str) -> ConversationStore:
     if database_url.startswith(SQLITE_PREFIX):
         return await SqliteConversationStore.open(Path(database_url.removeprefix(SQLITE_PREFIX)))
     if database_url.startswith(POSTGRES_PREFIXES):
-        return await PostgresConversationStore.open(database_url)
+        return await PostgresConversationStore.open(database_url, max_size=POSTGRES_POOL_SIZE)
     raise ValueError("database URL must start with sqlite:///, postgresql:// or postgres://")

@@ -1,0 +1,388 @@
+"""One answer shown while it is generated: drafts in private chats where Telegram takes them, else one message
+edited as the text grows (with an inline Stop button); every update waits for its turn at the pacer, and the final
+text is always delivered (flood waits waited out, rejected entities as plain text, an uneditable message replaced).
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.methods import (
+    EditMessageText,
+    SendChatAction,
+    SendMessage,
+    SendMessageDraft,
+    SendRichMessage,
+    TelegramMethod,
+)
+from aiogram.types import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputRichMessage,
+    LinkPreviewOptions,
+    Message,
+    ReplyParameters,
+)
+
+from bot.services.formatting import RenderedText, render, render_plain
+from bot.services.pacing import Priority, UpdatePacer
+
+if TYPE_CHECKING:
+    from bot.services.streaming import ReplyStreamer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MessageListener = Callable[[int], Awaitable[None]]
+
+TYPING_REFRESH_SECONDS = 4.5
+STOP_CALLBACK_PREFIX = "stop:"
+_FINAL_NETWORK_ATTEMPTS = 5
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where an answer goes: the chat, its forum topic, the message it answers and who asked."""
+
+    chat_id: int
+    is_private: bool
+    thread_id: int | None = None
+    reply_to_message_id: int | None = None
+    asker_id: int | None = None
+    stop_label: str = "⏹ Stop"
+
+
+class ReplyStream:
+    """One answer being shown in one chat: `push` the text so far as often as you like, then `finish`."""
+
+    def __init__(self, bot: Bot, pacer: UpdatePacer, streamer: ReplyStreamer, target: ReplyTarget,
+                 *, stream_id: int, use_drafts: bool, adopt_message_id: int | None = None,
+                 on_message: MessageListener | None = None) -> None:
+        self._bot = bot
+        self._pacer = pacer
+        self._streamer = streamer
+        self.target = target
+        self.stream_id = stream_id  # doubles as the draft id: unique and non-zero
+        self._use_drafts = use_drafts
+        self._markdown = ""
+        self._status: str | None = None
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._sealed_parts = 0
+        self._live_message_id: int | None = adopt_message_id
+        self._on_message = on_message
+        self._live_shown: RenderedText | None = None
+        self._closing = False
+        self._plain_only = False
+        self._updater: asyncio.Task[None] | None = None
+        self._typing: asyncio.Task[None] | None = None
+        self._final: asyncio.Task[None] | None = None
+        self.stop_requested = asyncio.Event()
+        self.gone = False
+        self.first_visible_at: float | None = None
+        self.sent_message_ids: list[int] = []
+
+    @property
+    def uses_drafts(self) -> bool:
+        return self._use_drafts
+
+    def start(self) -> None:
+        self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self.target.chat_id}")
+        self._updater = asyncio.create_task(self._run_updates(), name=f"updates:{self.target.chat_id}")
+
+    def push(self, markdown: str) -> None:
+        """The whole answer so far; only the newest text is ever shown."""
+        self._markdown = markdown
+        self._wake.set()
+
+    def show_status(self, status: str) -> None:
+        """A note of ours where the answer will appear ("still waiting"), until the answer's first text replaces it."""
+        if not self._markdown:
+            self._status = status
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def finish(self, markdown: str) -> None:
+        """Send the final answer; safe to call again (e.g. after a cancellation): the first text wins."""
+        if self._final is None:
+            self._final = asyncio.create_task(self._finalize(render(markdown) or render_plain("…"), markdown))
+        await asyncio.shield(self._final)
+
+    async def finish_plain(self, text: str) -> None:
+        """A final notice of our own (an error message), with no Markdown interpretation."""
+        if self._final is None:
+            self._final = asyncio.create_task(self._finalize(render_plain(text), None))
+        await asyncio.shield(self._final)
+
+    async def close(self) -> None:
+        """Release the background tasks (of a stream that was never finished, too)."""
+        self._closing = True
+        await self._streamer.forget(self)
+        for task in (self._updater, self._typing):
+            if task is not None:
+                task.cancel()
+                await _cancelled(task)
+
+    async def _keep_typing(self) -> None:
+        action = SendChatAction(chat_id=self.target.chat_id, action="typing", message_thread_id=self.target.thread_id)
+        while True:
+            try:
+                await self._bot(action)
+            except TelegramRetryAfter as exc:
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except TelegramAPIError as exc:
+                log.debug("typing indicator failed in chat %s: %s", self.target.chat_id, exc)
+            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    async def _run_updates(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            urgent = self.first_visible_at is None
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT if urgent else Priority.PROGRESS)
+            async with self._send_lock:
+                if self._closing or self.gone:
+                    return
+                await self._show_progress()
+
+    async def _show_progress(self) -> None:
+        if not self._markdown and self._status is not None:
+            await self._show_live(render_plain(self._status)[0], status=True)
+            return
+        parts = self._prepared(render(self._markdown))
+        if not parts:
+            return
+        while len(parts) - 1 > self._sealed_parts and not self.gone:
+            await self._deliver_final(parts[self._sealed_parts])
+        if not self.gone:
+            await self._show_live(parts[-1])
+
+    async def _show_live(self, part: RenderedText, *, status: bool = False) -> None:
+        if part == self._live_shown:
+            return
+        if self._use_drafts:
+            shown = await self._try_draft(part)
+            if shown:
+                self._shown(part, status=status)
+            if shown is not False or self.gone:
+                return  # shown, or skipped this time: only a refusal falls through to edited messages
+        stop = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
+            text=self.target.stop_label, callback_data=f"{STOP_CALLBACK_PREFIX}{self.stream_id}")]])
+        if self._live_message_id is None:
+            message = await self._intermediate(self._send_method(part, stop))
+            if isinstance(message, Message):
+                self._live_message_id = message.message_id
+                await self._sent(message.message_id)
+                self._shown(part, status=status)
+        elif await self._intermediate(self._edit_method(self._live_message_id, part, stop)) is not None:
+            self._shown(part, status=status)
+
+    async def _sent(self, message_id: int) -> None:
+        self.sent_message_ids.append(message_id)
+        if self._on_message is not None and len(self.sent_message_ids) == 1:
+            await self._on_message(message_id)
+
+    def _shown(self, part: RenderedText, *, status: bool = False) -> None:
+        """A status note is not the answer: the first text still counts (and goes first) when it comes."""
+        self._live_shown = part
+        if self.first_visible_at is None and not status:
+            self.first_visible_at = time.monotonic()
+            self._stop_typing()
+
+    async def _try_draft(self, part: RenderedText) -> bool | None:
+        """True: shown; None: not this time (flood wait, network); False: Telegram refuses drafts here."""
+        method = SendMessageDraft(chat_id=self.target.chat_id, draft_id=self.stream_id, text=part.text,
+                                  entities=part.entities or None, message_thread_id=self.target.thread_id,
+                                  parse_mode=None, can_stop=True, keep_on_stop=True)
+        try:
+            return True if await self._intermediate(method, reraise=(TelegramBadRequest, TelegramNotFound)) else None
+        except (TelegramBadRequest, TelegramNotFound) as exc:
+            if _entities_rejected(exc) and part.entities:
+                return await self._try_draft(part.without_entities())
+            log.info("drafts refused in chat %s (%s); streaming with edits instead", self.target.chat_id, exc)
+            self._streamer.refuse_drafts(self.target.chat_id, everywhere=isinstance(exc, TelegramNotFound))
+            self._use_drafts = False
+            return False
+
+    async def _intermediate(self, method: TelegramMethod[T],
+                            reraise: tuple[type[Exception], ...] = ()) -> T | bool | None:
+        """One progress update: skipped (None) rather than retried, the next one carries newer text anyway."""
+        try:
+            return await self._bot(method)
+        except reraise:
+            raise
+        except TelegramRetryAfter as exc:
+            self._streamer.metrics.telegram_429.inc()
+            self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
+            self._wake.set()
+        except TelegramBadRequest as exc:
+            return self._handle_intermediate_rejection(method, exc)
+        except TelegramForbiddenError as exc:
+            self._mark_gone(exc)
+        except TelegramAPIError as exc:
+            log.warning("progress update failed in chat %s: %s", self.target.chat_id, exc)
+            self._wake.set()
+        return None
+
+    def _handle_intermediate_rejection(self, method: TelegramMethod[Any], exc: TelegramBadRequest) -> bool | None:
+        if "message is not modified" in exc.message:
+            return True
+        if "message to edit not found" in exc.message:
+            self._mark_gone(exc)
+        elif _entities_rejected(exc) and isinstance(method, SendMessage | EditMessageText) and method.entities:
+            self._plain_only = True
+            self._wake.set()
+            log.warning("entities rejected in chat %s: %s; going on in plain text", self.target.chat_id, exc)
+        else:
+            log.warning("progress update rejected in chat %s: %s", self.target.chat_id, exc)
+        return None
+
+    def _mark_gone(self, exc: TelegramAPIError) -> None:
+        """The user deleted the answer or blocked the bot: generating more would be wasted."""
+        log.info("chat %s no longer shows this answer: %s", self.target.chat_id, exc)
+        self.gone = True
+        self.request_stop()
+
+    def _prepared(self, parts: list[RenderedText]) -> list[RenderedText]:
+        return [part.without_entities() for part in parts] if self._plain_only else parts
+
+    async def _finalize(self, parts: list[RenderedText], markdown: str | None) -> None:
+        await self._stop_updates()
+        if self.gone:
+            return
+        if markdown is not None and await self._sent_as_rich(markdown):
+            return
+        for part in self._prepared(parts)[self._sealed_parts:]:
+            await self._deliver_final(part)
+
+    async def _sent_as_rich(self, markdown: str) -> bool:
+        """RICH_MESSAGES: tables, code and maths rendered by Telegram itself, where it accepts them."""
+        if not self._streamer.rich_final or self._sealed_parts or self._live_message_id is not None:
+            return False
+        await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+        method = SendRichMessage(chat_id=self.target.chat_id, rich_message=InputRichMessage(markdown=markdown),
+                                 message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters())
+        try:
+            message = await self._bot(method)
+        except (TelegramBadRequest, TelegramNotFound) as exc:
+            log.warning("rich message refused (%s); sending entities from now on", exc)
+            self._streamer.refuse_rich()
+            return False
+        except TelegramAPIError as exc:
+            log.warning("rich message failed in chat %s (%s); sending entities", self.target.chat_id, exc)
+            return False
+        await self._sent(message.message_id)
+        self._stop_typing()
+        return True
+
+    async def _deliver_final(self, part: RenderedText) -> None:
+        """A part that will not change again: the live message becomes it (losing its Stop button), or it is
+        sent as a new message."""
+        message_id = None if self._use_drafts else self._live_message_id
+        delivered = False
+        if message_id is not None:
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+            delivered = await self._final_call(lambda p: self._edit_method(message_id, p, None), part) is not None
+        if not delivered and not self.gone:
+            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
+            message = await self._final_call(lambda p: self._send_method(p, None), part)
+            if isinstance(message, Message):
+                await self._sent(message.message_id)
+        self._sealed_parts += 1
+        self._live_message_id = None
+        self._live_shown = None
+        if self.first_visible_at is None:
+            self.first_visible_at = time.monotonic()
+        self._stop_typing()
+
+    async def _final_call(self, build: Callable[[RenderedText], TelegramMethod[T]],
+                          part: RenderedText) -> T | bool | None:
+        """Retry until Telegram takes it: flood waits are waited out, rejected entities go out as plain text."""
+        network_failures = 0
+        while True:
+            try:
+                return await self._bot(build(part))
+            except TelegramRetryAfter as exc:
+                self._streamer.metrics.telegram_429.inc()
+                self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
+                log.warning("flood control in chat %s: waiting %s s for the final answer",
+                            self.target.chat_id, exc.retry_after)
+                await asyncio.sleep(exc.retry_after)
+            except TelegramBadRequest as exc:
+                if "message is not modified" in exc.message:
+                    return True
+                if part.entities and _entities_rejected(exc):
+                    log.warning("entities rejected in chat %s: %s; sending plain text", self.target.chat_id, exc)
+                    part = part.without_entities()
+                    continue
+                log.warning("final message rejected in chat %s: %s", self.target.chat_id, exc)
+                return None
+            except TelegramForbiddenError as exc:
+                self._mark_gone(exc)
+                return None
+            except (TelegramNetworkError, TelegramServerError) as exc:
+                network_failures += 1
+                if network_failures >= _FINAL_NETWORK_ATTEMPTS:
+                    log.error("giving up on the final answer in chat %s: %s", self.target.chat_id, exc)  # noqa: TRY400
+                    return None
+                await asyncio.sleep(min(2.0**network_failures, 10.0))
+
+    async def _stop_updates(self) -> None:
+        self._closing = True
+        async with self._send_lock:  # an update already on the wire lands first
+            if self._updater is not None:
+                self._updater.cancel()
+        await _cancelled(self._updater)
+        self._stop_typing()
+
+    def _stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+
+    def _reply_parameters(self) -> ReplyParameters | None:
+        if self.target.reply_to_message_id is None or self._sealed_parts:
+            return None
+        return ReplyParameters(message_id=self.target.reply_to_message_id, allow_sending_without_reply=True)
+
+    def _send_method(self, part: RenderedText, markup: InlineKeyboardMarkup | None) -> SendMessage:
+        return SendMessage(chat_id=self.target.chat_id, text=part.text, entities=part.entities or None,
+                           message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters(),
+                           link_preview_options=_NO_PREVIEW, parse_mode=None, reply_markup=markup)
+
+    def _edit_method(self, message_id: int, part: RenderedText,
+                     markup: InlineKeyboardMarkup | None) -> EditMessageText:
+        return EditMessageText(chat_id=self.target.chat_id, message_id=message_id, text=part.text,
+                               entities=part.entities or None, link_preview_options=_NO_PREVIEW, parse_mode=None,
+                               reply_markup=markup)
+
+
+def _entities_rejected(exc: TelegramBadRequest) -> bool:
+    message = exc.message.lower()
+    return "entit" in message or "can't parse" in message
+
+
+async def _cancelled(task: Awaitable[Any] | None) -> None:
+    if task is not None:
+        with suppress(asyncio.CancelledError):
+            await task

@@ -174,8 +174,9 @@ class BotApp:
             sweeper = asyncio.create_task(self.dispatcher["housekeeping"].run(), name="housekeeping")
             stack.push_async_callback(_cancelled, sweeper)
             if settings.metrics_port is not None:
-                runner = await serve(metrics_app(self.metrics, self._started.is_set), settings.webhook_host,
-                                     settings.metrics_port)
+                token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+                runner = await serve(metrics_app(self.metrics, self._started.is_set, token=token),
+                                     settings.metrics_host, settings.metrics_port)
                 stack.push_async_callback(runner.cleanup)
             if settings.bot_mode is BotMode.WEBHOOK:
                 await self._run_webhook(bot, self.dispatcher, intake)

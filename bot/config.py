@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"  # operators' data: reachable from this host only, unless exposed on purpose
+    metrics_token: SecretStr | None = None
 
     context_max_turns: int = Field(default=20, ge=1, le=200)
     context_max_images: int = Field(default=3, ge=0, le=20)
@@ -253,7 +255,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction: keys of every provider, tokens, passwords."""
         values = [self.bot_token, *self.vision_api_keys, self.vision_api_key, self.webhook_secret,
-                  self.s3_secret_access_key, self.redis_url]
+                  self.s3_secret_access_key, self.redis_url, self.metrics_token]
         for fallback in self.vision_fallbacks:
             values += [fallback.api_key, *fallback.api_keys]
         passwords = [urlparse(url).password for url in (self.database_url,)]

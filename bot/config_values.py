@@ -48,8 +48,9 @@ KNOWN_IMAGE_LIMITS: tuple[tuple[str, int], ...] = (
 )
 DEFAULT_IMAGES_PER_REQUEST = 10
 
-# Fields the bot itself must control; VISION_EXTRA_BODY may add or override anything else.
-RESERVED_BODY_FIELDS = frozenset({"messages", "stream", "stream_options"})
+# Fields the bot itself must control (a `max_tokens` of the operator's goes in VISION_MAX_TOKENS, where budgets see
+# it); VISION_EXTRA_BODY may add or override anything else.
+RESERVED_BODY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens"})
 
 
 def image_limit_of(model: str) -> int:
@@ -79,6 +80,8 @@ def checked_extra_body(value: object) -> dict[str, Any]:
     reserved = RESERVED_BODY_FIELDS & value.keys()
     if reserved:
         raise ValueError(f"may not set {', '.join(sorted(reserved))} (the bot controls them)")
+    if not isinstance(value.get("n", 1), int) or value.get("n", 1) != 1:
+        raise ValueError("may not ask for n > 1 answers (each is billed, one is shown)")
     return value
 
 

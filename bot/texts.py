@@ -25,6 +25,14 @@ _TEXTS: dict[str, dict[Language, str]] = {
         "• /reset（或 /new）清除本次对话。\n"
         "• /model 查看或更换本聊天使用的 AI 模型。",
     },
+    "reset_not_allowed": {
+        "en": "Only this group's admins can reset its conversation with me.",
+        "zh": "只有本群管理员可以清除与我的对话。",
+    },
+    "stats_in_private": {
+        "en": "Statistics cover every chat: ask me for /stats in a private chat.",
+        "zh": "统计涉及所有聊天：请在私聊中向我发送 /stats。",
+    },
     "reset_done": {
         "en": "Done, I've forgotten this conversation. Send a new photo whenever you like.",
         "zh": "好的，已清除本次对话。随时可以发新照片。",

@@ -29,8 +29,13 @@ def health_handler(is_healthy: Callable[[], bool]) -> Callable[[web.Request], we
     return health
 
 
-def metrics_app(metrics: Metrics, is_healthy: Callable[[], bool]) -> web.Application:
-    async def exposition(_: web.Request) -> web.Response:
+def metrics_app(metrics: Metrics, is_healthy: Callable[[], bool], *, token: str | None = None) -> web.Application:
+    """With METRICS_TOKEN, /metrics wants `Authorization: Bearer <token>` (for a metrics port exposed on purpose)."""
+
+    async def exposition(request: web.Request) -> web.Response:
+        if token is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                         f"Bearer {token}".encode()):
+            return web.Response(status=401, text="Unauthorized", headers={"WWW-Authenticate": "Bearer"})
         response = web.Response(body=metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -57,6 +57,10 @@ def _open_file_limit(pid: int) -> int:
         (None, {"VISION_FALLBACKS": '[{"base_url": "http://x/v1", "model": "m"}]'}, "VISION_FALLBACKS is invalid"),
         (None, {"VISION_FALLBACKS": '[{"base_url": "http://x/v1", "api_key": "sk-y", "model": "m", '
                                     '"extra_body": {"messages": []}}]'}, "may not set messages"),
+        (None, {"VISION_EXTRA_BODY": '{"model": "gpt-4o"}'}, "VISION_EXTRA_BODY is invalid: may not set model"),
+        (None, {"VISION_EXTRA_BODY": '{"max_tokens": 9, "top_p": 1}'}, "may not set max_tokens"),
+        (None, {"VISION_EXTRA_BODY": '{"stream": false}'}, "may not set stream"),
+        (None, {"VISION_EXTRA_BODY": '{"n": 3}'}, "VISION_EXTRA_BODY is invalid: may not ask for n > 1"),
         (None, {"VISION_IMAGE_FORMAT": "url"}, "VISION_IMAGE_FORMAT=url needs PUBLIC_BASE_URL or S3_BUCKET"),
         (None, {"S3_BUCKET": "b"}, "S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY required"),
         (None, {"PUBLIC_BASE_URL": "bot.example.com"}, "PUBLIC_BASE_URL is invalid: must be an http(s) URL"),

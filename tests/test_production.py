@@ -8,6 +8,7 @@ import logging
 import socket
 
 import httpx
+import pytest
 
 from bot.logs import JsonFormatter
 from tests.conftest import make_photo
@@ -204,3 +205,37 @@ def test_json_logs_are_one_object_per_line_and_redacted() -> None:
     assert entry["level"] == "WARNING"
     assert entry["message"] == "key [redacted] rejected"
     assert "sk-very-secret" not in line
+
+
+async def test_operator_data_stays_private_and_group_resets_are_for_admins(
+        telegram: FakeTelegram, vision: FakeVision, start_bot) -> None:
+    await start_bot(admin_ids=str(CAROL["id"]))
+    telegram.set_chat_admins(GROUP["id"], [ALICE["id"]])
+    telegram.push_update(message_update(GROUP, CAROL, text="/stats"))  # an operator, but in a group
+    telegram.push_update(message_update(GROUP, BOB, text="/stats"))
+    telegram.push_update(message_update(GROUP, BOB, text="/reset"))  # a plain member
+    telegram.push_update(message_update(GROUP, ALICE, text="/reset"))  # the group's admin
+    await answered(telegram, GROUP["id"], 3)
+    await asyncio.sleep(0.5)
+
+    texts = final_texts(telegram, GROUP["id"])
+    assert texts == ["Statistics cover every chat: ask me for /stats in a private chat.",
+                     "Only this group's admins can reset its conversation with me.",
+                     "Done, I've forgotten this conversation. Send a new photo whenever you like."]
+    assert not any(str(CAROL["id"]) in text or "answers / tokens" in text for text in texts)
+
+
+async def test_metrics_listen_on_localhost_by_default_and_may_want_a_token(
+        telegram: FakeTelegram, vision: FakeVision, start_bot) -> None:
+    port = free_port()
+    bot = await start_bot(metrics_port=port, metrics_token="scrape-me-123")
+
+    assert bot.settings.metrics_host == "127.0.0.1"
+    async with httpx.AsyncClient() as client:
+        refused = await client.get(f"http://127.0.0.1:{port}/metrics")
+        allowed = await client.get(f"http://127.0.0.1:{port}/metrics",
+                                   headers={"Authorization": "Bearer scrape-me-123"})
+        with pytest.raises(httpx.ConnectError):  # another address of this host: nothing listens there
+            await client.get(f"http://127.0.0.2:{port}/metrics")
+    assert refused.status_code == 401
+    assert allowed.status_code == 200 and "vision_bot_answers_total" in allowed.text

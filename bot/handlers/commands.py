@@ -11,6 +11,7 @@ from aiogram.types import BotCommand, Message
 from bot.config import Settings
 from bot.handlers.common import conversation_key, user_language
 from bot.models import UsageTotal
+from bot.services.chat_admins import ChatAdmins
 from bot.services.context import ConversationContext
 from bot.services.usage import UsageGuard
 from bot.texts import Language, text
@@ -43,9 +44,16 @@ async def on_help(message: Message) -> None:
     await message.answer(text("help", user_language(message)), parse_mode=None)
 
 
-async def on_reset(message: Message, context: ConversationContext) -> None:
+async def on_reset(message: Message, context: ConversationContext, chat_admins: ChatAdmins) -> None:
+    """In groups the conversation belongs to everyone: only its admins (and ADMIN_IDS) may forget it."""
+    language = user_language(message)
+    if not await chat_admins.may_configure(message.chat.id, message.chat.type,
+                                           message.from_user.id if message.from_user else None,
+                                           sender_chat_id=message.sender_chat.id if message.sender_chat else None):
+        await message.answer(text("reset_not_allowed", language), parse_mode=None)
+        return
     await context.reset(conversation_key(message))
-    await message.answer(text("reset_done", user_language(message)), parse_mode=None)
+    await message.answer(text("reset_done", language), parse_mode=None)
 
 
 async def on_unknown_command(message: Message) -> None:
@@ -64,8 +72,12 @@ async def on_usage(message: Message, usage: UsageGuard) -> None:
 
 
 async def on_stats(message: Message, usage: UsageGuard, settings: Settings) -> None:
-    """Operators only; for anyone else the command does not exist."""
+    """Operators only, and only in private (every chat's numbers are no group's business); for anyone else the
+    command does not exist."""
     if message.from_user is None or message.from_user.id not in settings.admin_ids:
+        return
+    if message.chat.type != "private":
+        await message.answer(text("stats_in_private", user_language(message)), parse_mode=None)
         return
     await message.answer(format_stats(await usage.totals(days=7)), parse_mode=None)
 

@@ -78,6 +78,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         rate=parse_rate(settings.user_rate_limit) if settings.user_rate_limit else None,
         user_daily_tokens=settings.user_daily_tokens,
         chat_daily_tokens=settings.chat_daily_tokens,
+        answer_tokens=settings.vision_max_tokens,
     ), coordinator)
     alerts = OperatorAlerts(bot, settings.admin_ids)
     model_choice = ModelChoice(store, settings.selectable_models)

@@ -239,3 +239,21 @@ async def test_metrics_listen_on_localhost_by_default_and_may_want_a_token(
             await client.get(f"http://127.0.0.2:{port}/metrics")
     assert refused.status_code == 401
     assert allowed.status_code == 200 and "vision_bot_answers_total" in allowed.text
+
+
+async def test_twenty_questions_at_once_near_the_budget_overshoot_by_at_most_one_answer(
+        telegram: FakeTelegram, vision: FakeVision, start_bot) -> None:
+    vision.default_reply = stream_reply(["Slow ", "answer."], first_delay=0.5)  # all twenty are admitted at once
+    bot = await start_bot(user_daily_tokens=500, vision_max_tokens=300)
+    groups = [group_chat(-100800000 - number) for number in range(20)]
+    for group in groups:
+        telegram.push_update(message_update(group, ALICE, text="/ask what is a budget?"))
+    for group in groups:
+        await answered(telegram, group["id"])
+    await asyncio.sleep(0.5)
+
+    answers = [final_texts(telegram, group["id"])[0] for group in groups]
+    refused = [text for text in answers if "allowance" in text]
+    spent = await bot.app.dispatcher["usage"].today(user_id=ALICE["id"], chat_id=groups[0]["id"])
+    assert 1 <= len(vision.requests) < 20 and refused
+    assert spent.user_tokens <= 500 + 300  # at most one answer's max_tokens over the budget

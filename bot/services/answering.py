@@ -72,9 +72,12 @@ class AnswerService:
         if ticket.resumed and self._stale(question):
             await self._tell_to_ask_again(question, ticket)
             return
+        reservation = None
         if not ticket.resumed:  # a resumed question was admitted before the interruption
             try:
-                await self._usage.admit(user_id=question.target.asker_id, chat_id=question.key.chat_id)
+                reservation = await self._usage.admit(
+                    user_id=question.target.asker_id, chat_id=question.key.chat_id,
+                    question_chars=len(question.text), images=len(question.images))
             except RequestRefused as exc:
                 log.info("refused update=%s chat=%s: %s", question.update_id, question.key.chat_id, exc)
                 self._metrics.refused.labels(exc.kind).inc()
@@ -82,8 +85,9 @@ class AnswerService:
                 return
         await self._inbox.asking(ticket)
         stream = await self._streamer.open(question.target, adopt_message_id=ticket.message_id,
-                                     on_message=lambda message_id: self._inbox.asking(ticket, message_id=message_id))
-        answer = _Answer(language=question.language)
+                                           on_message=lambda message_id: self._inbox.asking(ticket,
+                                                                                           message_id=message_id))
+        answer = _Answer(language=question.language, reservation=reservation)
         try:
             await self._answer(question, stream, answer, ticket)
         except ImageError as exc:
@@ -133,7 +137,7 @@ class AnswerService:
         usage = await self._usage.record(
             chat_id=question.key.chat_id, user_id=question.target.asker_id, outcome=answer.outcome,
             usage=answer.usage, question_chars=len(question.text), images=answer.images_sent,
-            answer_chars=len(answer.text), error_kind=answer.error_kind)
+            answer_chars=len(answer.text), error_kind=answer.error_kind, reservation=answer.reservation)
         metrics = self._metrics
         metrics.answers.labels(answer.outcome, answer.error_kind or "").inc()
         metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
@@ -280,6 +284,7 @@ class _Answer:
     """What an answer has produced so far, so a failure can keep it."""
 
     language: Language = "en"
+    reservation: int | None = None  # the tokens reserved against the daily budgets, settled once it ends
     question: Turn | None = None
     parts: list[str] = field(default_factory=list)
     outcome: str = "failed"

@@ -32,9 +32,10 @@ UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-# What Pillow and pillow-heif raise on bytes they cannot make sense of (pillow-heif adds RuntimeError and EOFError).
+# What Pillow and pillow-heif raise on bytes they cannot make sense of (pillow-heif adds RuntimeError and EOFError;
+# Pillow asserts on some, e.g. an ICNS icon whose PNG is paletted: a "P" image without a palette).
 DECODE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError,
-                 RuntimeError)
+                 RuntimeError, AssertionError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ class UsageLimits:
     rate: tuple[int, int] | None = None  # requests, per seconds
     user_daily_tokens: int | None = None
     chat_daily_tokens: int | None = None
+    answer_tokens: int = 1024  # the longest answer (VISION_MAX_TOKENS), reserved with each admitted request
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,33 +41,48 @@ class UsageGuard:
         self._coordinator = coordinator
         self._clock = clock
 
-    async def admit(self, *, user_id: int | None, chat_id: int) -> None:
-        """Raises UserRateLimited or BudgetExhausted; an admitted request counts towards the rate."""
-        day = self._day()
+    async def admit(self, *, user_id: int | None, chat_id: int, question_chars: int = 0, images: int = 0
+                    ) -> int | None:
+        """Raises UserRateLimited or BudgetExhausted. An admitted request counts towards the rate and, under a
+        budget, reserves what it may cost (its prompt estimated, its answer at the longest) until `record` settles
+        it: twenty questions at once near the limit pass only while the reservations before them leave room.
+        Returns the reservation (None without a budget)."""
         limits = self._limits
-        if user_id is not None and limits.user_daily_tokens is not None \
-                and await self._store.tokens_on(day, user_id=user_id) >= limits.user_daily_tokens:
-            raise BudgetExhausted("user")
-        if limits.chat_daily_tokens is not None \
-                and await self._store.tokens_on(day, chat_id=chat_id) >= limits.chat_daily_tokens:
-            raise BudgetExhausted("chat")
         if user_id is not None and limits.rate is not None:
             wait = await self._coordinator.rate_slot(user_id, *limits.rate)  # counted on every replica
             if wait is not None:
                 raise UserRateLimited(max(1.0, wait))
+        user_budget = limits.user_daily_tokens if user_id is not None else None
+        if user_budget is None and limits.chat_daily_tokens is None:
+            return None
+        prompt = question_chars // _CHARS_PER_TOKEN + images * _TOKENS_PER_IMAGE
+        reserved = UsageRecord(day=self._day(), chat_id=chat_id, user_id=user_id, outcome="reserved",
+                               usage=Usage(prompt, limits.answer_tokens, prompt + limits.answer_tokens),
+                               created_at=self._clock(), estimated=True)
+        reservation = await self._store.reserve_usage(reserved, user_budget=user_budget,
+                                                      chat_budget=limits.chat_daily_tokens)
+        if reservation is None:
+            over_user = user_id is not None and user_budget is not None \
+                and await self._store.tokens_on(reserved.day, user_id=user_id) >= user_budget
+            raise BudgetExhausted("user" if over_user else "chat")
+        return reservation
 
     async def record(self, *, chat_id: int, user_id: int | None, outcome: str, usage: Usage | None,
                      question_chars: int = 0, images: int = 0, answer_chars: int = 0,
-                     error_kind: str | None = None) -> Usage:
-        """Store what a request cost: the provider's count, or an estimate when it gave none."""
+                     error_kind: str | None = None, reservation: int | None = None) -> Usage:
+        """Store what a request cost (settling its reservation): the provider's count, or an estimate when it gave
+        none, a partial answer included."""
         estimated = usage is None and outcome != "failed"
         if usage is None:
             prompt = question_chars // _CHARS_PER_TOKEN + images * _TOKENS_PER_IMAGE if estimated else 0
             completion = answer_chars // _CHARS_PER_TOKEN if estimated else 0
             usage = Usage(prompt, completion, prompt + completion)
-        await self._store.record_usage(UsageRecord(
-            day=self._day(), chat_id=chat_id, user_id=user_id, outcome=outcome, usage=usage,
-            created_at=self._clock(), error_kind=error_kind, estimated=estimated))
+        record = UsageRecord(day=self._day(), chat_id=chat_id, user_id=user_id, outcome=outcome, usage=usage,
+                             created_at=self._clock(), error_kind=error_kind, estimated=estimated)
+        if reservation is None:
+            await self._store.record_usage(record)
+        else:
+            await self._store.settle_usage(reservation, record)
         return usage
 
     async def today(self, *, user_id: int | None, chat_id: int) -> TodayUsage:

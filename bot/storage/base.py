@@ -34,6 +34,16 @@ class ConversationStore(Protocol):
 
     async def record_usage(self, record: UsageRecord) -> None: ...
 
+    async def reserve_usage(self, record: UsageRecord, *, user_budget: int | None,
+                            chat_budget: int | None) -> int | None:
+        """Atomically: store `record` (a reservation of its tokens) if the user's and the chat's totals of its day
+        are below their budgets (None: no budget); its id, or None when a budget is spent."""
+        ...
+
+    async def settle_usage(self, reservation: int, record: UsageRecord) -> None:
+        """Replace a reservation with what the request really cost."""
+        ...
+
     async def tokens_on(self, day: str, *, user_id: int | None = None, chat_id: int | None = None) -> int:
         """Tokens used on a UTC day by one user (or, without a user, in one chat)."""
         ...

@@ -129,6 +129,30 @@ class PostgresConversationStore:
             record.estimated, record.created_at,
         )
 
+    async def reserve_usage(self, record: UsageRecord, *, user_budget: int | None,
+                            chat_budget: int | None) -> int | None:
+        """Replicas reserve at once: a transaction-scoped lock per user and per chat orders their check-and-insert."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            for scope, value in (("user", record.user_id), ("chat", record.chat_id)):
+                if value is not None:
+                    await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"usage:{scope}:{value}")
+            return await connection.fetchval(
+                "INSERT INTO usage (day, chat_id, user_id, outcome, error_kind, prompt_tokens, completion_tokens, "
+                "total_tokens, estimated, created_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 "
+                "WHERE ($11::bigint IS NULL OR (SELECT COALESCE(SUM(total_tokens), 0) FROM usage "
+                "WHERE day = $1 AND user_id = $3) < $11) AND ($12::bigint IS NULL OR (SELECT "
+                "COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = $1 AND chat_id = $2) < $12) RETURNING id",
+                record.day, record.chat_id, record.user_id, record.outcome, record.error_kind,
+                record.usage.prompt_tokens, record.usage.completion_tokens, record.usage.total_tokens,
+                record.estimated, record.created_at, user_budget, chat_budget)
+
+    async def settle_usage(self, reservation: int, record: UsageRecord) -> None:
+        await self._pool.execute(
+            "UPDATE usage SET outcome = $1, error_kind = $2, prompt_tokens = $3, completion_tokens = $4, "
+            "total_tokens = $5, estimated = $6, created_at = $7 WHERE id = $8",
+            record.outcome, record.error_kind, record.usage.prompt_tokens, record.usage.completion_tokens,
+            record.usage.total_tokens, record.estimated, record.created_at, reservation)
+
     async def tokens_on(self, day: str, *, user_id: int | None = None, chat_id: int | None = None) -> int:
         column, value = ("user_id", user_id) if user_id is not None else ("chat_id", chat_id)
         total = await self._pool.fetchval(

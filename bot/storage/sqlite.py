@@ -137,11 +137,26 @@ class SqliteConversationStore:
     async def record_usage(self, record: UsageRecord) -> None:
         await self._db.execute(
             "INSERT INTO usage (day, chat_id, user_id, outcome, error_kind, prompt_tokens, completion_tokens, "
-            "total_tokens, estimated, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.day, record.chat_id, record.user_id, record.outcome, record.error_kind,
-             record.usage.prompt_tokens, record.usage.completion_tokens, record.usage.total_tokens,
-             int(record.estimated), record.created_at),
-        )
+            "total_tokens, estimated, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _usage_values(record))
+        await self._db.commit()
+
+    async def reserve_usage(self, record: UsageRecord, *, user_budget: int | None,
+                            chat_budget: int | None) -> int | None:
+        """One statement on the one connection: no other reservation can slip in between check and insert."""
+        cursor = await self._db.execute(
+            "INSERT INTO usage (day, chat_id, user_id, outcome, error_kind, prompt_tokens, completion_tokens, "
+            "total_tokens, estimated, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE (? IS NULL OR (SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ? AND user_id = ?) < ?)"
+            " AND (? IS NULL OR (SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ? AND chat_id = ?) < ?)",
+            (*_usage_values(record), user_budget, record.day, record.user_id, user_budget,
+             chat_budget, record.day, record.chat_id, chat_budget))
+        await self._db.commit()
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    async def settle_usage(self, reservation: int, record: UsageRecord) -> None:
+        await self._db.execute(
+            "UPDATE usage SET outcome = ?, error_kind = ?, prompt_tokens = ?, completion_tokens = ?, "
+            "total_tokens = ?, estimated = ?, created_at = ? WHERE id = ?", (*_usage_values(record)[3:], reservation))
         await self._db.commit()
 
     async def tokens_on(self, day: str, *, user_id: int | None = None, chat_id: int | None = None) -> int:
@@ -236,6 +251,11 @@ class SqliteConversationStore:
     async def maintain(self) -> None:
         """A long-running bot never closes the database: fold the WAL back so it does not grow without bound."""
         await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _usage_values(record: UsageRecord) -> tuple[object, ...]:
+    return (record.day, record.chat_id, record.user_id, record.outcome, record.error_kind, record.usage.prompt_tokens,
+            record.usage.completion_tokens, record.usage.total_tokens, int(record.estimated), record.created_at)
 
 
 _INBOX_COLUMNS = "update_id, chat_id, payload, state, received_at, updated_at, message_id, answer"

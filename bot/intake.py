@@ -90,8 +90,13 @@ class Intake:
 
     async def _take_over(self, entries: list[InboxEntry]) -> int:
         taken = 0
-        for entry in entries:
-            if entry.update_id in self._deferred or not await self._coordinator.hold_update(entry.update_id):
+        for listed in entries:
+            if listed.update_id in self._deferred or not await self._coordinator.hold_update(listed.update_id):
+                continue
+            # Read again once held: the replica that had it may have finished it since the list was made.
+            entry = await self._inbox.entry(listed.update_id)
+            if entry is None or entry.state not in UNFINISHED_STATES:
+                await self._coordinator.release_update(listed.update_id)
                 continue
             update = Update.model_validate_json(entry.payload, context={"bot": self._bot})
             self._spawn(update, Ticket.resuming(entry))

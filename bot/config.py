@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
@@ -260,13 +259,6 @@ class Settings(BaseSettings):
             values += [fallback.api_key, *fallback.api_keys]
         passwords = [urlparse(url).password for url in (self.database_url,)]
         return [value.get_secret_value() for value in values if value is not None] + [p for p in passwords if p]
-
-    @property
-    def database_path(self) -> Path | None:
-        """The SQLite file; None when the database is a PostgreSQL server."""
-        if not self.database_url.startswith("sqlite:///"):
-            return None
-        return Path(self.database_url.removeprefix("sqlite:///"))
 
 
 class SettingsError(Exception):

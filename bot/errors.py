@@ -56,7 +56,6 @@ class VisionError(BotError):
     """The vision provider failed; carries what the operator needs to diagnose it."""
 
     kind = "provider"
-    retryable = False
 
     def __init__(
         self,
@@ -95,7 +94,6 @@ class RateLimitError(VisionError):
     """Too many requests right now; worth retrying after a pause."""
 
     kind = "rate_limited"
-    retryable = True
 
     def __init__(self, message: str, *, retry_after: float | None = None, **details: object) -> None:
         super().__init__(message, **details)  # type: ignore[arg-type]
@@ -130,7 +128,6 @@ class UnavailableError(VisionError):
     """Provider down, overloaded, unreachable or too slow; a later try may work."""
 
     kind = "unavailable"
-    retryable = True
 
 
 class StreamCutError(VisionError):

@@ -183,7 +183,7 @@ def test_the_image_settings_are_valid_for_the_bot(dockerfile: list[Instruction])
     env = image_env(dockerfile)
     settings = Settings(_env_file=None, bot_token="123:abc", vision_base_url="https://vision.example/v1",  # type: ignore[call-arg]
                         vision_api_key="sk-x", database_url=env["DATABASE_URL"], metrics_port=env["METRICS_PORT"])
-    assert settings.database_path == Path("/data/bot.sqlite3")
+    assert settings.database_url == "sqlite:////data/bot.sqlite3"
     assert settings.metrics_port == 9100
 
 

@@ -119,8 +119,8 @@ def test_settings_accept_sqlite_and_postgresql_urls() -> None:
         return load_settings(_env_file=None, bot_token="1:x", vision_base_url="http://127.0.0.1:1/v1",
                              vision_api_key="sk-x", database_url=url)
 
-    assert settings("sqlite:///data/bot.sqlite3").database_path == Path("data/bot.sqlite3")
-    assert settings("postgresql://bot:pw@db:5432/bot").database_path is None
+    assert settings("sqlite:///data/bot.sqlite3").database_url == "sqlite:///data/bot.sqlite3"
+    assert settings("postgresql://bot:pw@db:5432/bot").database_url == "postgresql://bot:pw@db:5432/bot"
     assert settings("postgres://bot@db/bot").database_url == "postgres://bot@db/bot"
     with pytest.raises(SettingsError, match="postgresql://"):
         settings("mysql://db/bot")

@@ -58,6 +58,3 @@ class ModelChoice:
     def model_at(self, index: int) -> str | None:
         """The model behind a keyboard button's index; None for an index that no longer exists."""
         return self._available[index] if 0 <= index < len(self._available) else None
-
-    def index_of(self, model: str) -> int:
-        return self._available.index(model)

@@ -100,10 +100,6 @@ class ReplyStream:
         self.first_visible_at: float | None = None
         self.sent_message_ids: list[int] = []
 
-    @property
-    def uses_drafts(self) -> bool:
-        return self._use_drafts
-
     def start(self) -> None:
         self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self.target.chat_id}")
         self._updater = asyncio.create_task(self._run_updates(), name=f"updates:{self.target.chat_id}")

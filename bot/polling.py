@@ -8,15 +8,18 @@ import logging
 import time
 from collections.abc import Awaitable
 from contextlib import suppress
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramConflictError,
     TelegramNetworkError,
     TelegramRetryAfter,
     TelegramServerError,
 )
 from aiogram.types import Update
+from pydantic import ValidationError
 
 from bot.coordination import Coordinator
 from bot.intake import Intake
@@ -73,6 +76,8 @@ async def poll(bot: Bot, intake: Intake, coordinator: Coordinator, stop: asyncio
         except TelegramRetryAfter as exc:
             await _sleep_unless_stopped(exc.retry_after, stop)
             continue
+        except ClientDecodeError as exc:  # an update aiogram cannot read must not stop polling for good
+            updates = _readable_updates(exc.data, bot)
         except (TelegramNetworkError, TelegramServerError) as exc:
             wait = _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)]
             failures += 1
@@ -109,3 +114,19 @@ async def _until_stopped(call: Awaitable[list[Update]], stop: asyncio.Event) -> 
 async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event) -> None:
     with suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _readable_updates(data: Any, bot: Bot) -> list[Update]:
+    """From a getUpdates answer aiogram could not read as a whole: the updates that can be read. The others are
+    logged and left behind (the offset moves past them), or every later request would fail on them again."""
+    raw = data.get("result") if isinstance(data, dict) else None
+    readable: list[Update] = []
+    for item in raw if isinstance(raw, list) else ():
+        try:
+            readable.append(Update.model_validate(item, context={"bot": bot}))
+        except ValidationError as exc:
+            log.warning("skipping update %s that cannot be read: %s", item.get("update_id") if isinstance(
+                item, dict) else "?", exc.errors()[0].get("msg") if exc.errors() else exc)
+            if isinstance(item, dict) and isinstance(item.get("update_id"), int):
+                readable.append(Update(update_id=item["update_id"]))  # an empty update: recorded, then skipped
+    return readable

@@ -107,7 +107,7 @@ def parse_body(text: str) -> Any:
             return value
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack allows
             break
     return _salvage_completion(value) if isinstance(value, str) else value
 
@@ -176,7 +176,7 @@ def _class_from_body(body: Any) -> type[errors.VisionError] | None:
     if not isinstance(body, dict):
         return None
     codes = body.get("codes")
-    if isinstance(codes, int | str) and str(codes).lstrip("-").isdigit():
+    if isinstance(codes, int | str) and _RELAY_CODE.fullmatch(str(codes)):
         return _RELAY_CODES.get(int(codes)) or _class_from_message(_message_of(body, "")) \
             or errors.BadRequestError
     error = body.get("error")
@@ -193,8 +193,10 @@ def _class_from_body(body: Any) -> type[errors.VisionError] | None:
     return None
 
 
+# A relay's numeric `codes`, as int() takes it (str.isdigit also passes "²", "--1" and 5000 digits).
+_RELAY_CODE = re.compile(r"-?[0-9]{1,18}")
 # A proxy in between (LiteLLM) reports a relay's HTTP-200 error as a 500 quoting the raw body.
-_EMBEDDED_RELAY_CODE = re.compile(r"""['"]codes['"]\s*:\s*['"]?(\d+)""")
+_EMBEDDED_RELAY_CODE = re.compile(r"""['"]codes['"]\s*:\s*['"]?([0-9]{1,18})(?![0-9])""")
 
 
 def _class_from_relay_code_in(message: str) -> type[errors.VisionError] | None:

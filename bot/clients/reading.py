@@ -26,6 +26,7 @@ _MAX_ERROR_BODY_BYTES = 64 * 1024
 _MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
 _CONTENT_FILTER_REASONS = frozenset({"content_filter", "sensitive"})
 _CUT_REASONS = frozenset({"network_error", "error"})
+_MAX_TOKENS = 2**31 - 1  # what every storage backend's INTEGER column holds
 
 
 @dataclass(slots=True)
@@ -144,7 +145,8 @@ def _apply_chunk(completion: Completion, payload: dict[str, Any]) -> list[str]:
     if usage is not None:
         completion.usage = usage
     deltas = []
-    for choice in payload.get("choices") or ():
+    choices = payload.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             continue
         content = _content_of(choice.get("delta") or choice.get("message") or {})
@@ -191,12 +193,15 @@ async def _read_bounded(response: httpx.Response, limit: int) -> str:
     return b"".join(chunks)[:limit].decode(response.encoding or "utf-8", errors="replace")
 
 
-def _content_of(message: dict[str, Any]) -> str:
+def _content_of(message: Any) -> str:
+    """The text of a message or delta; anything not shaped like one (a relay's `"message": "..."`) has none."""
+    if not isinstance(message, dict):
+        return ""
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
     if isinstance(message.get("text"), str):
         return message["text"]
     return ""
@@ -212,6 +217,15 @@ def _finish_reason_of(choice: dict[str, Any]) -> str | None:
 def usage_of(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+    prompt = _token_count(raw.get("prompt_tokens"))
+    completion = _token_count(raw.get("completion_tokens"))
+    return Usage(prompt, completion, _token_count(raw.get("total_tokens")) or min(prompt + completion, _MAX_TOKENS))
+
+
+def _token_count(value: Any) -> int:
+    """A provider's count, within what storage holds; what is no count at all ("abc", NaN, a list) is 0."""
+    try:
+        count = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(0, min(count, _MAX_TOKENS))

@@ -61,13 +61,14 @@ def mentions(message: Message, me: User) -> bool:
 
 
 def without_mentions(message: Message, me: User) -> str:
-    """The text with the bot's @mentions cut out (entity offsets are UTF-16 code units)."""
+    """The text with the bot's @mentions cut out (entity offsets are UTF-16 code units; an entity that splits an emoji
+    leaves half of it, which is dropped)."""
     content = message.text or message.caption or ""
     encoded = content.encode("utf-16-le")
     for entity in sorted(_entities(message), key=lambda entity: entity.offset, reverse=True):
         if _is_mention_of(entity, message, me):
             encoded = encoded[: entity.offset * 2] + encoded[(entity.offset + entity.length) * 2:]
-    return " ".join(encoded.decode("utf-16-le").split())
+    return " ".join(encoded.decode("utf-16-le", errors="ignore").split())
 
 
 def replies_to(message: Message, me: User) -> bool:
@@ -93,8 +94,14 @@ def _is_mention_of(entity: MessageEntity, message: Message, me: User) -> bool:
     if entity.type == "text_mention":
         return entity.user is not None and entity.user.id == me.id
     if entity.type == "mention" and me.username:
-        return entity.extract_from(message.text or message.caption or "").lower() == f"@{me.username.lower()}"
+        return _entity_text(entity, message.text or message.caption or "").lower() == f"@{me.username.lower()}"
     return False
+
+
+def _entity_text(entity: MessageEntity, content: str) -> str:
+    """Like `entity.extract_from`, which raises where an offset falls between the two halves of an emoji."""
+    units = content.encode("utf-16-le")[entity.offset * 2:(entity.offset + entity.length) * 2]
+    return units.decode("utf-16-le", errors="replace")
 
 
 def _entities(message: Message) -> list[MessageEntity]:

@@ -31,7 +31,7 @@ async def on_stop_button(query: CallbackQuery, streamer: ReplyStreamer) -> None:
     language = language_of(query.from_user.language_code)
     message = query.message
     stream_id = (query.data or "").removeprefix(STOP_CALLBACK_PREFIX)
-    if message is None or not stream_id.isdigit():
+    if message is None or not (stream_id.isascii() and stream_id.isdigit()):  # forged data: "stop:²" is no id
         await query.answer()
         return
     outcome = await streamer.stop(message.chat.id, int(stream_id), user_id=query.from_user.id)

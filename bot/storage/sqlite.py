@@ -250,7 +250,7 @@ class SqliteConversationStore:
 
     async def maintain(self) -> None:
         """A long-running bot never closes the database: fold the WAL back so it does not grow without bound."""
-        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for, nor fails on, a writer
 
 
 def _usage_values(record: UsageRecord) -> tuple[object, ...]:

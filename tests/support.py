@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import time
 from typing import Any
 
 import httpx
+import pytest
 
 from bot.clients.providers import ProviderConfig, RetryPolicy, VisionRequest
 from bot.clients.reading import Completion
@@ -82,3 +86,14 @@ async def ask(client: VisionClient, prompt: list[PromptMessage] = PROMPT) -> tup
     async with client.complete(VisionRequest(prompt)) as completion:
         answer = "".join([delta async for delta in completion])
     return answer, completion
+
+
+async def start_quietly(start_bot: Any, caplog: pytest.LogCaptureFixture, **overrides: Any) -> Any:
+    """Starts the bot and waits for its first housekeeping sweep, so the sweep's log lines come before the test's."""
+    caplog.set_level(logging.INFO, logger="bot.services.housekeeping")
+    bot = await start_bot(**overrides)
+    deadline = time.monotonic() + 10
+    while not any(record.name == "bot.services.housekeeping" for record in caplog.records):
+        assert time.monotonic() < deadline, "no housekeeping sweep within 10 s"
+        await asyncio.sleep(0.01)
+    return bot

@@ -7,11 +7,9 @@ seed (`derandomize`) keeps the run the same everywhere; what a run once found st
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import struct
-import time
 import warnings
 import zlib
 from typing import Any
@@ -25,6 +23,7 @@ from bot.errors import ImageError
 from bot.services.images import DEFAULT_TARGET, MAX_PIXELS, ImageTarget, prepare_image
 from bot.texts import error_text
 from tests.fakes.telegram_server import make_user, message_update, private_chat
+from tests.support import start_quietly
 
 SLOW_DRAWS = [HealthCheck.too_slow, HealthCheck.large_base_example]
 # Pillow warns about what this module makes on purpose: corrupt EXIF, truncated files, deprecated formats, bombs.
@@ -322,18 +321,6 @@ async def test_a_damaged_image_document_gets_the_bad_image_text_and_no_unhandled
     assert [message["text"] for message in telegram.chat_messages(alice["id"])] == [error_text("bad_image", "en")]
     assert vision.requests == []
     assert errors_logged(caplog) == []
-
-
-async def start_quietly(start_bot: Any, caplog: pytest.LogCaptureFixture, **overrides: Any) -> Any:
-    """Starts the bot and waits for its first housekeeping sweep: that sweep's `PRAGMA wal_checkpoint` can fail with
-    "database table is locked" while an update is being recorded (a separate, reported bug), not what is tested here."""
-    caplog.set_level(logging.INFO, logger="bot.services.housekeeping")
-    bot = await start_bot(**overrides)
-    deadline = time.monotonic() + 10
-    while not any(record.name == "bot.services.housekeeping" for record in caplog.records):
-        assert time.monotonic() < deadline, "no housekeeping sweep within 10 s"
-        await asyncio.sleep(0.01)
-    return bot
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +21,8 @@ from bot.models import (
     UsageTotal,
 )
 from bot.storage.sqlite_schema import migrate
+
+log = logging.getLogger(__name__)
 
 # An image saved moments ago may belong to a turn that is about to be written.
 _ORPHAN_GRACE_SECONDS = 300.0
@@ -249,8 +253,13 @@ class SqliteConversationStore:
         return cursor.rowcount
 
     async def maintain(self) -> None:
-        """A long-running bot never closes the database: fold the WAL back so it does not grow without bound."""
-        await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for, nor fails on, a writer
+        """A long-running bot never closes the database: fold the WAL back so it does not grow without bound.
+
+        A checkpoint meeting a statement still running on the connection is skipped: the next sweep does it."""
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:
+            log.info("WAL checkpoint skipped (%s); the next sweep tries again", exc)
 
 
 def _usage_values(record: UsageRecord) -> tuple[object, ...]:

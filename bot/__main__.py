@@ -7,8 +7,6 @@ import resource
 import sys
 
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
-from asyncpg import PostgresError
-from redis.exceptions import RedisError
 
 from bot.app import BotApp
 from bot.config import LogFormat, Settings, SettingsError, load_settings
@@ -61,11 +59,16 @@ def start_up_problem(exc: Exception, settings: Settings) -> str | None:
                 "several replicas with REDIS_URL or BOT_MODE=webhook")
     if isinstance(exc, TelegramNetworkError):  # at start-up; once polling, the poller retries on its own
         return f"cannot reach Telegram at {settings.telegram_api_url}: {exc.message}"
-    if isinstance(exc, RedisError):
+    if _raised_by(exc, "redis"):
         return f"cannot use Redis at REDIS_URL: {exc}"
-    if isinstance(exc, PostgresError | OSError) and settings.database_url.startswith("postgres"):
+    if (_raised_by(exc, "asyncpg") or isinstance(exc, OSError)) and settings.database_url.startswith("postgres"):
         return f"cannot use the database at DATABASE_URL: {type(exc).__name__}: {exc}"
     return None
+
+
+def _raised_by(exc: Exception, package: str) -> bool:
+    """By the exception's package: redis-py and asyncpg are imported only when configured."""
+    return any(cls.__module__.split(".")[0] == package for cls in type(exc).__mro__)
 
 
 def raise_open_file_limit() -> None:

@@ -17,7 +17,7 @@ from aiogram.types import BotCommandScopeDefault
 from bot.clients.publishing import ImagePublisher, LocalImageHost
 from bot.clients.vision import VisionClient
 from bot.config import BotMode, Settings, parse_rate
-from bot.coordination import Coordinator, LocalCoordinator, RedisCoordinator, open_coordinator
+from bot.coordination import Coordinator, LocalCoordinator, SendBudget, open_coordinator
 from bot.factories import (
     IMAGE_WORKERS,
     create_bot,
@@ -69,8 +69,8 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
         ),
         system_prompt=settings.vision_system_prompt,
     )
-    # With replicas every turn is also reserved in the budget they share (RedisCoordinator is that budget).
-    pacer = UpdatePacer(shared_budget=coordinator if isinstance(coordinator, RedisCoordinator) else None)
+    # With replicas every turn is also reserved in the budget they share (the Redis coordinator is that budget).
+    pacer = UpdatePacer(shared_budget=coordinator if isinstance(coordinator, SendBudget) else None)
     streamer = ReplyStreamer(bot, pacer, settings.stream_mode, metrics, coordinator,
                              rich_final=settings.rich_messages)
     target = image_target(settings)

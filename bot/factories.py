@@ -14,7 +14,6 @@ from aiogram.client.telegram import TelegramAPIServer
 
 from bot.clients.providers import ProviderConfig, RetryPolicy
 from bot.clients.publishing import ImagePublisher, LocalImageHost
-from bot.clients.s3_publisher import S3ImagePublisher
 from bot.config import ImageDetail, Settings
 from bot.services.diagnostics import Finding, check_providers, check_telegram
 from bot.services.images import ImageTarget
@@ -72,6 +71,8 @@ async def create_publisher(settings: Settings, stack: AsyncExitStack) -> ImagePu
         stack.push_async_callback(host.close)
         return host
     if settings.s3_bucket and settings.s3_access_key_id and settings.s3_secret_access_key:
+        from bot.clients.s3_publisher import S3ImagePublisher  # aiobotocore only where S3 is used (~15 MB)
+
         s3 = S3ImagePublisher(endpoint_url=settings.s3_endpoint_url, bucket=settings.s3_bucket,
                               access_key_id=settings.s3_access_key_id,
                               secret_access_key=settings.s3_secret_access_key.get_secret_value(),

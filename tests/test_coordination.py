@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from bot.coordination import Coordinator, LocalCoordinator, RedisCoordinator
+from bot.coordination import Coordinator, LocalCoordinator
+from bot.coordination.redis import RedisCoordinator
 from tests.redis_keys import delete_keys, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -388,7 +389,7 @@ async def test_a_closing_replica_hands_on_at_once(replicas: Connect) -> None:
 
 DYING_REPLICA = """
 import asyncio, sys
-from bot.coordination import RedisCoordinator
+from bot.coordination.redis import RedisCoordinator
 
 async def main(url, prefix, lease):
     replica = await RedisCoordinator.connect(url, key_prefix=prefix, lease_seconds=float(lease))

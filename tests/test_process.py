@@ -108,6 +108,20 @@ async def test_the_real_process_exits_1_in_one_line_when_telegram_is_unreachable
     assert REQUIRED["BOT_TOKEN"] not in lines[0]
 
 
+async def test_the_real_process_exits_1_in_one_line_when_redis_is_unreachable(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await run_bot_process({**REQUIRED, "REDIS_URL": f"redis://:pw-s3cret@127.0.0.1:{port}/0"}, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+
+    assert process.returncode == 1
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("cannot use Redis at REDIS_URL: ")
+    assert "pw-s3cret" not in lines[0]
+
+
 async def test_the_bot_process_answers_a_photo_and_stops_cleanly_on_sigterm(tmp_path):
     telegram = FakeTelegram()
     vision = FakeVision(api_key=API_KEY)

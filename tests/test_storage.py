@@ -16,12 +16,12 @@ from bot.config import SettingsError, load_settings
 from bot.models import ConversationKey, InboxEntry, PreparedImage, Turn, Usage, UsageRecord, UsageTotal
 from bot.storage import (
     ConversationStore,
-    PostgresConversationStore,
     SqliteConversationStore,
     open_store,
     postgres_schema,
     sqlite_schema,
 )
+from bot.storage.postgres import PostgresConversationStore
 
 CHAT = ConversationKey(chat_id=100)
 OTHER_CHAT = ConversationKey(chat_id=200)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 StopListener = Callable[[int], None]
 
 
+@runtime_checkable
 class SendBudget(Protocol):
     """Telegram's budgets shared by replicas (Redis only: one replica's pacer spaces its own sends by itself)."""
 

@@ -2,7 +2,6 @@
 
 from bot.storage.base import ConversationStore
 from bot.storage.factory import open_store
-from bot.storage.postgres import PostgresConversationStore
 from bot.storage.sqlite import SqliteConversationStore
 
-__all__ = ["ConversationStore", "PostgresConversationStore", "SqliteConversationStore", "open_store"]
+__all__ = ["ConversationStore", "SqliteConversationStore", "open_store"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.storage.base import ConversationStore
-from bot.storage.postgres import PostgresConversationStore
 from bot.storage.sqlite import SqliteConversationStore
 
 SQLITE_PREFIX = "sqlite:///"
@@ -20,5 +19,7 @@ async def open_store(database_url: str) -> ConversationStore:
     if database_url.startswith(SQLITE_PREFIX):
         return await SqliteConversationStore.open(Path(database_url.removeprefix(SQLITE_PREFIX)))
     if database_url.startswith(POSTGRES_PREFIXES):
+        from bot.storage.postgres import PostgresConversationStore  # asyncpg only where PostgreSQL is used
+
         return await PostgresConversationStore.open(database_url, max_size=POSTGRES_POOL_SIZE)
     raise ValueError("database URL must start with sqlite:///, postgresql:// or postgres://")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import time
 from typing import Any
 
@@ -97,3 +98,10 @@ async def start_quietly(start_bot: Any, caplog: pytest.LogCaptureFixture, **over
         assert time.monotonic() < deadline, "no housekeeping sweep within 10 s"
         await asyncio.sleep(0.01)
     return bot
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from bot.web import SECRET_HEADER
 from tests.conftest import API_KEY
 from tests.fakes.telegram_server import FakeTelegram
 from tests.fakes.vision_server import FakeVision
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -401,11 +401,6 @@ async def test_the_image_command_serves_its_healthcheck_and_stops_cleanly_on_sig
     assert database.exists()
     assert "Traceback" not in stderr.decode()
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --- .dockerignore ----------------------------------------------------------------------------------------

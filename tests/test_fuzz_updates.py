@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,7 @@ from bot.models import UNFINISHED_STATES
 from tests.conftest import RunningBot, make_photo
 from tests.fakes.telegram_server import FakeTelegram, group_chat, make_user, message_update, private_chat, utf16_len
 from tests.fakes.vision_server import FakeVision
-from tests.support import start_quietly
+from tests.support import free_port, start_quietly
 
 Json = dict[str, Any]
 
@@ -364,11 +363,6 @@ async def test_random_updates_leave_no_error_and_the_bot_answering(
 
 # --- webhook: every update type, as a webhook whose allowed_updates were set otherwise before would get them ------
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

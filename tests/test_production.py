@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from bot.logs import JsonFormatter
 from tests.conftest import make_photo
 from tests.fakes.telegram_server import FakeTelegram, group_chat, make_user, message_update, private_chat
 from tests.fakes.vision_server import FakeVision, stream_reply
-from tests.support import answered, final_texts, send_photo, send_text
+from tests.support import answered, final_texts, free_port, send_photo, send_text
 
 ALICE = make_user(7001, "Alice", "en")
 BOB = make_user(7002, "Bob", "en")
@@ -23,11 +22,6 @@ GROUP = group_chat(-100700700)
 SECRET = "s3cret-Token_1"
 WEBHOOK_URL = "https://bot.example.com/tg/hook"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_webhook_refuses_a_wrong_secret_and_answers_a_right_one(telegram: FakeTelegram, vision: FakeVision,

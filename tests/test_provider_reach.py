@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,7 +33,7 @@ from tests.fakes.vision_server import (
     silent_stream_reply,
     stream_reply,
 )
-from tests.support import answered, final_texts, send_photo
+from tests.support import answered, final_texts, free_port, send_photo
 
 StartBot = Callable[..., Any]
 ALICE = make_user(5001, "Alice", "en")
@@ -42,11 +41,6 @@ BOB = make_user(5002, "Bob", "en")
 LI = make_user(5003, "李雷", "zh-hans")
 FALLBACK_KEY = "sk-fallback-key-456"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import API_KEY, make_photo
 from tests.fakes.telegram_server import FakeTelegram, make_user, message_update, private_chat
 from tests.fakes.vision_server import FakeVision, stream_reply
+from tests.support import free_port
 from tests.test_process import run_bot_process
-from tests.test_production import free_port
 
 CHATS = 300
 ALBUM_CHATS = 12  # their first question is an album of 3 photos, each photo delivered to another replica

@@ -106,10 +106,7 @@ class AnswerService:
             answer.outcome = "cut_off"
             note = text("cut_off", question.language) if answer.text else error_text("interrupted",
                                                                                      question.language)
-            if answer.text:
-                await stream.finish(f"{answer.text}\n\n⚠️ {note}")
-            else:
-                await stream.finish_plain(note)
+            await _finish_with_note(stream, answer, note)
             raise
         finally:
             await stream.close()
@@ -263,10 +260,7 @@ class AnswerService:
 
     async def _close_failed(self, question: Question, stream: ReplyStream, answer: _Answer, note: str) -> None:
         """Show what was written plus a note (or just the note), and remember the question with its images."""
-        if answer.text:
-            await stream.finish(f"{answer.text}\n\n⚠️ {note}")
-        else:
-            await stream.finish_plain(note)
+        await _finish_with_note(stream, answer, note)
         await self._remember_partial(question, answer)
 
     async def _remember_partial(self, question: Question, answer: _Answer) -> None:
@@ -302,6 +296,13 @@ class _Answer:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+async def _finish_with_note(stream: ReplyStream, answer: _Answer, note: str) -> None:
+    if answer.text:
+        await stream.finish(f"{answer.text}\n\n⚠️ {note}")
+    else:
+        await stream.finish_plain(note)
 
 
 def _refusal_text(exc: RequestRefused, language: Language) -> str:

@@ -45,6 +45,7 @@ from bot.services.images import load_decoders
 from bot.services.inbox import Inbox
 from bot.services.model_choice import ModelChoice
 from bot.services.ordering import ChatQueue
+from bot.services.paced_requests import PacedRequests
 from bot.services.pacing import UpdatePacer
 from bot.services.streaming import ReplyStreamer
 from bot.services.usage import UsageGuard, UsageLimits
@@ -71,6 +72,7 @@ def create_dispatcher(settings: Settings, bot: Bot, http: httpx.AsyncClient, sto
     )
     # With replicas every turn is also reserved in the budget they share (the Redis coordinator is that budget).
     pacer = UpdatePacer(shared_budget=coordinator if isinstance(coordinator, SendBudget) else None)
+    bot.session.middleware(PacedRequests(pacer, metrics))  # every call the bot makes, through the one scheduler
     streamer = ReplyStreamer(bot, pacer, settings.stream_mode, metrics, coordinator,
                              rich_final=settings.rich_messages)
     target = image_target(settings)

@@ -180,10 +180,21 @@ async def test_album_collection_ends_after_longest(coordinator: Coordinator) -> 
 
 async def test_send_slots_space_chats_groups_and_the_bot(replicas: Connect) -> None:
     coordinator = await replicas()
-    waits = [await coordinator.send_slot(chat_id) for chat_id in (42, 42, 43, -100, -100)]
-    # 43 takes the bot's next free moment (one chat's spacing holds back no other), groups wait 3.1 s
-    for wait, expected in zip(waits, [0.0, 1.0, 0.04, 0.08, 3.18], strict=True):
+    chats = (42, 42, 42, 42, 43, -100, -100, -100, -100)
+    waits = [await coordinator.send_slot(chat_id) for chat_id in chats]
+    # a chat's burst goes at the bot's pace (one chat's spacing holds back no other) but for the slack its last send
+    # keeps, then one a second; 43 takes the bot's next free moment; a group's sends wait 3.6 s once its burst is spent
+    for wait, expected in zip(waits, [0.0, 0.04, 0.25, 1.25, 0.08, 0.12, 0.16, 0.37, 3.97], strict=True):
         assert expected - 0.03 <= wait <= expected + 0.001
+
+
+async def test_progress_keeps_one_send_of_the_burst_and_typing_never_waits(replicas: Connect) -> None:
+    coordinator = await replicas()
+    assert await coordinator.send_slot(44, needs=2) == 0
+    assert await coordinator.send_slot(44, needs=2, max_wait=0.1) is None  # the next is 0.25 s away: refused
+    assert 0 < (await coordinator.send_slot(44) or 0) <= 0.04  # an urgent send goes at once (the bot's gap)
+    assert await coordinator.send_slot(44, max_wait=0.1) is None  # nothing reserved when refused ...
+    assert 0.2 <= (await coordinator.send_slot(44) or 0) <= 0.25  # ... so the burst's last send is still there
 
 
 async def test_pause_holds_a_chat_or_the_whole_bot(replicas: Connect) -> None:
@@ -296,11 +307,11 @@ async def test_album_items_through_both_replicas_are_collected_by_the_opener(rep
     assert await one.album_collect("g", quiet=0.1, longest=1.0) == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
 
 
-async def test_a_private_chat_gets_one_slot_a_second_across_replicas(replicas: Connect) -> None:
+async def test_a_private_chat_gets_its_burst_then_one_slot_a_second_across_replicas(replicas: Connect) -> None:
     one, two = await replicas(), await replicas()
-    waits = [await replica.send_slot(42) for replica in (one, two, one, two)]
-    for index, wait in enumerate(waits):
-        assert index - 0.05 <= wait <= index + 0.001
+    waits = [await replica.send_slot(42) for replica in (one, two, one, two, one)]
+    for wait, expected in zip(waits, [0.0, 0.04, 0.25, 1.25, 2.25], strict=True):
+        assert expected - 0.05 <= wait <= expected + 0.001
 
 
 async def test_the_bot_budget_spreads_many_chats_across_replicas(replicas: Connect) -> None:

@@ -384,14 +384,15 @@ async def test_rate_limits_per_chat_and_group(fake: FakeTelegram, bot: Bot) -> N
     with pytest.raises(TelegramRetryAfter) as private:
         await bot.send_message(CHAT["id"], "one too many")
     assert private.value.retry_after == 1
-    await bot.send_chat_action(CHAT["id"], "typing")  # actions do not count
+    with pytest.raises(TelegramRetryAfter):  # typing counts as strictly as messages here
+        await bot.send_chat_action(CHAT["id"], "typing")
 
     for n in range(20):
         await bot.send_message(GROUP["id"], f"group {n}")
     with pytest.raises(TelegramRetryAfter) as group:
         await bot.edit_message_text("edits count too", chat_id=GROUP["id"], message_id=10_003)
     assert 59 <= group.value.retry_after <= 60
-    assert fake.rate_limited_responses == 2
+    assert fake.rate_limited_responses == 3
 
 
 @pytest.mark.asyncio

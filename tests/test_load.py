@@ -95,3 +95,31 @@ async def test_a_burst_of_photos_is_downloaded_only_as_fast_as_it_can_be_prepare
     assert 2 <= telegram.most_downloads_at_once <= IN_FLIGHT_PER_WORKER * IMAGE_WORKERS
     assert [[message["text"] for message in telegram.chat_messages(user["id"])] for user in users] == \
         [["Seen."]] * chats
+
+
+async def test_five_hundred_users_asking_usage_and_a_photo_at_once_get_every_reply_and_no_429(
+        limited_telegram, vision: FakeVision, make_settings) -> None:
+    """Command replies, typing and answers all take their turns at the one scheduler (typing is dropped first)."""
+    telegram = limited_telegram
+    users = [make_user(70_000 + index, f"User{index}") for index in range(500)]
+    for _ in users:
+        vision.enqueue(stream_reply(["A red ", "apple."]))
+    bot = RunningBot(make_settings(bot_token=telegram.token, telegram_api_url=telegram.base_url))
+    await bot.start()
+    photo = telegram.photo_sizes(make_photo(64, 48))
+    try:
+        for user in users:
+            telegram.push_update(message_update(private_chat(user), user, text="/usage"))
+            telegram.push_update(message_update(private_chat(user), user, photo=photo, caption="What is this?"))
+        await telegram.wait_for(lambda: all(len(telegram.chat_messages(user["id"])) == 2
+                                            and telegram.chat_messages(user["id"])[1]["text"] == "A red apple."
+                                            for user in users), timeout=150)
+    finally:
+        await bot.stop()
+
+    assert telegram.rate_limited_responses == 0
+    assert [call for call in telegram.calls if call.status == 429] == []
+    for user in users:
+        usage, answer = (message["text"] for message in telegram.chat_messages(user["id"]))
+        assert usage.startswith("Today (UTC): you used 0 tokens")
+        assert answer == "A red apple."

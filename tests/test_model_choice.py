@@ -12,6 +12,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from bot.services.chat_admins import ChatAdmins
+from bot.telegram_limits import GROUP as GROUP_RATE
 from tests.fakes.telegram_server import ApiCall, FakeTelegram, group_chat, make_user, message_update
 from tests.fakes.vision_server import FakeVision, stream_reply
 from tests.support import answered, send_photo, send_text
@@ -26,8 +27,10 @@ GROUP = group_chat(-100200300)
 FORUM = group_chat(-100900900, title="Forum", is_forum=True)
 MODELS = "gpt-4o,gpt-4o-mini"
 BOT = "@vision_test_bot"
+DONE_GPT_4O = "Done: answers here now use gpt-4o."
 NOT_ALLOWED = "Sorry, only this group's admins can change the model."
 STALE = "This menu is out of date. Send /model again."
+GROUP_TURN = GROUP_RATE.interval + 1  # a group's burst is spent: its next send waits one interval
 
 
 def in_chat(telegram: FakeTelegram, chat: Json, user: Json, text: str, thread_id: int | None = None) -> None:
@@ -155,8 +158,8 @@ async def test_in_groups_only_admins_and_operators_may_switch(telegram, start_bo
     assert telegram.chat_messages(GROUP["id"])[-1]["text"] == menu["text"]
 
     press(telegram, "alice", ALICE, menu, "gpt-4o")
-    await answer_to(telegram, "alice")
-    assert telegram.chat_messages(GROUP["id"])[-1]["text"] == "Done: answers here now use gpt-4o."
+    await answer_to(telegram, "alice")  # at once; the menu's edit takes the group's next turn
+    await telegram.wait_for(lambda: telegram.chat_messages(GROUP["id"])[-1]["text"] == DONE_GPT_4O, timeout=GROUP_TURN)
     assert len(telegram.chat_messages(GROUP["id"])) == 4
     assert {call.params["user_id"] for call in telegram.calls_to("getChatMember")} == {ALICE["id"], BOB["id"]}
 

@@ -14,18 +14,21 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.services.pacing import Priority, UpdatePacer
+from bot.telegram_limits import SendRate
 
 PRIVATE = 0.2
 GROUP = 0.5
 BOT_PER_SECOND = 50.0
 GAP = 1.0 / BOT_PER_SECOND
+# Without bursts: every send one interval after the previous (the burst rules have tests of their own below).
+SPACED = {"private": SendRate(PRIVATE), "group": SendRate(GROUP), "bot": SendRate(GAP)}
 # How late a resumed caller may notice its grant (one or two loop iterations, with room for a busy machine).
 TOLERANCE = 0.006
 
 
 @pytest.fixture
 async def pacer() -> AsyncIterator[UpdatePacer]:
-    paced = UpdatePacer(private_interval=PRIVATE, group_interval=GROUP, bot_per_second=BOT_PER_SECOND)
+    paced = UpdatePacer(**SPACED)
     yield paced
     await paced.close()
 
@@ -220,7 +223,7 @@ class CancellingClock:
 
 async def test_a_caller_cancelled_just_before_its_grant_does_not_break_the_worker() -> None:
     clock = CancellingClock()
-    pacer = UpdatePacer(private_interval=PRIVATE, group_interval=GROUP, bot_per_second=BOT_PER_SECOND,
+    pacer = UpdatePacer(**SPACED,
                         clock=clock)
     try:
         victim = asyncio.create_task(pacer.wait_turn(7, Priority.URGENT))
@@ -273,7 +276,7 @@ async def test_pauses_on_two_chats_far_apart_are_no_whole_bot_flood() -> None:
     def clock() -> float:
         return time.monotonic() + offset
 
-    pacer = UpdatePacer(private_interval=PRIVATE, group_interval=GROUP, bot_per_second=BOT_PER_SECOND,
+    pacer = UpdatePacer(**SPACED,
                         clock=clock)
     try:
         pacer.pause_chat(1, 5.0)
@@ -304,7 +307,7 @@ def _pacer_workers() -> list[asyncio.Task[object]]:
 
 
 async def test_close_stops_the_worker() -> None:
-    pacer = UpdatePacer(private_interval=PRIVATE, group_interval=GROUP, bot_per_second=BOT_PER_SECOND)
+    pacer = UpdatePacer(**SPACED)
     await pacer.wait_turn(1)
     assert len(_pacer_workers()) == 1
     pending = asyncio.create_task(pacer.wait_turn(1))
@@ -322,7 +325,7 @@ async def test_close_stops_the_worker() -> None:
 
 
 async def test_close_right_after_a_request_arrived_stops_the_worker() -> None:
-    pacer = UpdatePacer(private_interval=PRIVATE, group_interval=GROUP, bot_per_second=2.0)
+    pacer = UpdatePacer(private=SendRate(PRIVATE), group=SendRate(GROUP), bot=SendRate(0.5))
     await pacer.wait_turn(1)  # the worker now sleeps out the bot-wide gap
     pending = asyncio.create_task(pacer.wait_turn(2))
     await asyncio.sleep(0)  # the request is queued and has woken the worker
@@ -367,3 +370,61 @@ async def test_the_queue_stays_bounded_by_the_number_of_streams(pacer: UpdatePac
     assert 0 < peak <= streams
     assert served > 0
     assert pacer.waiting == 0
+
+
+# --- bursts: what Telegram grants a chat for a moment, used for what the user waits for -------------------------
+
+@pytest.fixture
+async def bursting() -> AsyncIterator[UpdatePacer]:
+    paced = UpdatePacer(private=SendRate(PRIVATE, burst=3), group=SendRate(GROUP, burst=3), bot=SendRate(GAP, burst=3))
+    yield paced
+    await paced.close()
+
+
+async def test_urgent_sends_use_the_whole_burst_then_the_interval(bursting: UpdatePacer) -> None:
+    for _ in range(3):
+        assert await granted_within(bursting, 7, 0.02, Priority.URGENT) < 0.02
+    assert await granted_within(bursting, 7, PRIVATE + 0.05, Priority.URGENT) >= PRIVATE - TOLERANCE
+
+
+async def test_progress_leaves_one_send_of_the_burst_for_the_final_message(bursting: UpdatePacer) -> None:
+    assert await granted_within(bursting, 7, 0.02) < 0.02
+    assert await granted_within(bursting, 7, 0.02) < 0.02
+    progress = asyncio.create_task(bursting.wait_turn(7, Priority.PROGRESS))
+    await asyncio.sleep(0.05)
+    assert not progress.done()  # the third send of the burst is kept ...
+    assert await granted_within(bursting, 7, 0.02, Priority.URGENT) < 0.02  # ... for the final message
+    await asyncio.wait_for(progress, 2 * PRIVATE + 0.05)  # when two are back: one for it, one kept
+
+
+async def test_the_bot_bursts_three_then_keeps_its_rate(bursting: UpdatePacer) -> None:
+    recorder = Recorder(bursting)
+    for chat in range(1, 11):
+        recorder.ask(chat, Priority.URGENT)
+    await recorder.done()
+    times = [at for _, at in recorder.grants]
+    assert times[2] - times[0] < GAP  # the burst
+    assert times[-1] - times[0] >= 7 * GAP - TOLERANCE  # then one gap each
+
+
+async def test_typing_takes_a_free_turn_and_is_dropped_when_anyone_waits(bursting: UpdatePacer) -> None:
+    assert await bursting.try_turn(7) is True
+    assert await bursting.try_turn(7) is True
+    assert await bursting.try_turn(7) is False  # the chat's last send of the burst is not for typing
+    waiting = [asyncio.create_task(bursting.wait_turn(chat, Priority.URGENT)) for chat in range(100, 110)]
+    await asyncio.sleep(0)
+    assert await bursting.try_turn(8) is False  # under pressure typing goes first
+    await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
+
+
+async def test_a_pause_takes_the_whole_burst(bursting: UpdatePacer) -> None:
+    bursting.pause_chat(7, 0.2)
+    assert await granted_within(bursting, 7, 0.3, Priority.URGENT) >= 0.2 - TOLERANCE
+
+
+async def test_a_turn_taken_is_known_only_inside_its_block_and_for_its_chat(bursting: UpdatePacer) -> None:
+    assert not bursting.has_turn(7)
+    with bursting.turn_taken(7):
+        assert bursting.has_turn(7)
+        assert not bursting.has_turn(8)
+    assert not bursting.has_turn(7)

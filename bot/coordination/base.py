@@ -22,12 +22,14 @@ StopListener = Callable[[int], None]
 class SendBudget(Protocol):
     """Telegram's budgets shared by replicas (Redis only: one replica's pacer spaces its own sends by itself)."""
 
-    async def send_slot(self, chat_id: int) -> float:
-        """Reserve the next moment a message may go to `chat_id` under Telegram's budgets (about 1/s per private
-        chat, 20/min per group, `bot_per_second` for the bot); seconds to wait until then (0: now)."""
+    async def send_slot(self, chat_id: int | str | None, *, needs: int = 1,
+                        max_wait: float | None = None) -> float | None:
+        """Reserve the next moment a message may go to `chat_id` (None: no chat, the bot's budget only) under
+        Telegram's budgets (bot/telegram_limits.py), leaving `needs` - 1 sends of the chat's burst; seconds to wait
+        until then (0: now). None, with nothing reserved, when that is further away than `max_wait`."""
         ...
 
-    async def pause(self, chat_id: int, seconds: float, *, whole_bot: bool = False) -> None:
+    async def pause(self, chat_id: int | str | None, seconds: float, *, whole_bot: bool = False) -> None:
         """Telegram said "retry after": no slot for the chat (or for any chat) in the next `seconds`."""
         ...
 

@@ -28,15 +28,7 @@ from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
 from bot.coordination import redis_scripts as lua
 from bot.coordination.base import StopListener
-
-PRIVATE_INTERVAL = 1.0  # Telegram: about 1 message/s in one chat
-GROUP_INTERVAL = 3.1  # 20/min in a group, with a margin
-BOT_PER_SECOND = 25.0  # 30/s for the whole bot, with a margin
-
-
-def send_interval(chat_id: int, private_interval: float, group_interval: float) -> float:
-    """Groups (negative ids) have the stricter budget."""
-    return group_interval if chat_id < 0 else private_interval
+from bot.telegram_limits import BOT, GROUP, PRIVATE, URGENT_NEEDS, SendRate, rate_for
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +41,8 @@ _US = 1_000_000
 
 class RedisCoordinator:
     def __init__(self, client: Redis, *, replica_id: str, key_prefix: str = "vision-bot:",
-                 lease_seconds: float = 10.0, private_interval: float = PRIVATE_INTERVAL,
-                 group_interval: float = GROUP_INTERVAL, bot_per_second: float = BOT_PER_SECOND,
-                 album_seconds: float = 60.0) -> None:
+                 lease_seconds: float = 10.0, private: SendRate = PRIVATE, group: SendRate = GROUP,
+                 bot: SendRate = BOT, album_seconds: float = 60.0) -> None:
         """Use `connect`, which also checks the server and starts listening for Stop and turn hand-overs."""
         self._redis = client
         self.replica_id = replica_id
@@ -60,9 +51,9 @@ class RedisCoordinator:
         self._lease = lease_seconds
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._turn_poll = min(_LONGEST_TURN_POLL, lease_seconds / 5)
-        self._private_interval = private_interval
-        self._group_interval = group_interval
-        self._bot_gap_us = round(_US / bot_per_second)
+        self._private = private
+        self._group = group
+        self._bot_gap_us = round(bot.interval * _US)
         self._album_ms = round(album_seconds * 1000)
         self._stop_channel = f"{key_prefix}stop"
         self._turn_channel = f"{key_prefix}turn"
@@ -85,9 +76,8 @@ class RedisCoordinator:
 
     @classmethod
     async def connect(cls, url: str, *, replica_id: str | None = None, key_prefix: str = "vision-bot:",
-                      lease_seconds: float = 10.0, private_interval: float = PRIVATE_INTERVAL,
-                      group_interval: float = GROUP_INTERVAL, bot_per_second: float = BOT_PER_SECOND,
-                      album_seconds: float = 60.0) -> RedisCoordinator:
+                      lease_seconds: float = 10.0, private: SendRate = PRIVATE, group: SendRate = GROUP,
+                      bot: SendRate = BOT, album_seconds: float = 60.0) -> RedisCoordinator:
         """The replica (host and pid by default) also names its connections, for CLIENT LIST.
         Raises `redis.exceptions.ConnectionError` if Redis is unreachable."""
         replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -95,8 +85,7 @@ class RedisCoordinator:
                                 socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT,
                                 health_check_interval=30)
         coordinator = cls(client, replica_id=replica_id, key_prefix=key_prefix, lease_seconds=lease_seconds,
-                          private_interval=private_interval, group_interval=group_interval,
-                          bot_per_second=bot_per_second, album_seconds=album_seconds)
+                          private=private, group=group, bot=bot, album_seconds=album_seconds)
         try:
             await client.ping()
             coordinator._listener = asyncio.create_task(coordinator._listen(), name="coordination-listener")
@@ -169,15 +158,23 @@ class RedisCoordinator:
         flat: list[str] = await self._album_close(keys=keys)
         return sorted((int(update_id), payload) for update_id, payload in zip(flat[::2], flat[1::2], strict=True))
 
-    async def send_slot(self, chat_id: int) -> float:
-        interval_us = round(send_interval(chat_id, self._private_interval, self._group_interval) * _US)
+    async def send_slot(self, chat_id: int | str | None, *, needs: int = 1,
+                        max_wait: float | None = None) -> float | None:
+        rate = rate_for(chat_id, self._private, self._group)
+        interval, tolerance = (0.0, 0.0) if rate is None else (rate.interval, rate.tolerance(needs))
         keys = [self._key(f"pace:{chat_id}"), self._key("pace:bot:slots"), self._key("pace:bot:paused")]
-        wait_us = await self._send_slot(keys=keys, args=[interval_us, self._bot_gap_us])
-        return wait_us / _US
+        wait_us = await self._send_slot(keys=keys, args=[round(interval * _US), round(tolerance * _US),
+                                                          self._bot_gap_us,
+                                                          -1 if max_wait is None else round(max_wait * _US)])
+        return None if wait_us < 0 else wait_us / _US
 
-    async def pause(self, chat_id: int, seconds: float, *, whole_bot: bool = False) -> None:
+    async def pause(self, chat_id: int | str | None, seconds: float, *, whole_bot: bool = False) -> None:
+        """A paused chat's bucket is pushed so far that not even its burst is left for `seconds`."""
+        rate = rate_for(chat_id, self._private, self._group)
+        whole_bot = whole_bot or rate is None
+        extra = 0.0 if whole_bot or rate is None else rate.tolerance(URGENT_NEEDS)
         key = self._key("pace:bot:paused" if whole_bot else f"pace:{chat_id}")
-        await self._pause(keys=[key], args=[round(seconds * _US)])
+        await self._pause(keys=[key], args=[round((seconds + extra) * _US)])
 
     async def rate_slot(self, user_id: int, allowed: int, per_seconds: float) -> float | None:
         """A sliding window (a sorted set of request times): exactly today's rule, never a double burst at a window

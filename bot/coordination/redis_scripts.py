@@ -76,25 +76,32 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return items
 """
 
-# KEYS: the chat's next free time, the bot's reserved send times (zset), the bot's pause end (times in us).
-# ARGV: chat interval, bot gap (us). Reserves the earliest time after the chat's next free time and the pause that is
-# a gap away from every other reservation, so one chat's spacing never holds back the others (a single "bot next"
-# time would: a chat reserving a second ahead would push every chat behind it). Returns how far away it is (us).
+# KEYS: the chat's bucket (its theoretical arrival time, GCRA), the bot's reserved send times (zset), the bot's pause
+# end (times in us). ARGV: chat interval, chat tolerance (how far ahead the arrival time may be), bot gap, longest wait
+# (-1: any) (us). Reserves the earliest time the chat's bucket and the pause allow that is a gap away from every other
+# reservation, so one chat's spacing never holds back the others (a single "bot next" time would: a chat reserving a
+# second ahead would push every chat behind it). Returns how far away it is (us), or -1 (nothing reserved) when that
+# is further than the longest wait.
 SEND_SLOT = _NOW_US + """
-local gap = tonumber(ARGV[2])
-local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or 0), tonumber(redis.call('GET', KEYS[3]) or 0))
+local interval = tonumber(ARGV[1])
+local gap = tonumber(ARGV[3])
+local due = tonumber(redis.call('GET', KEYS[1]) or 0)
+local slot = math.max(now, due - tonumber(ARGV[2]), tonumber(redis.call('GET', KEYS[3]) or 0))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - gap))
 for _, taken in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], string.format('(%.0f', slot - gap), '+inf')) do
   taken = tonumber(taken)
   if taken >= slot + gap then break end
   slot = taken + gap
 end
+if tonumber(ARGV[4]) >= 0 and slot - now > tonumber(ARGV[4]) then return -1 end
 local stamp = string.format('%.0f', slot)
 redis.call('ZADD', KEYS[2], stamp, stamp)
 local last = tonumber(redis.call('ZRANGE', KEYS[2], -1, -1)[1])
 redis.call('PEXPIRE', KEYS[2], math.ceil((last + gap - now) / 1000) + 1000)
-local chat_next = slot + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.0f', chat_next), 'PX', math.ceil((chat_next - now) / 1000) + 1000)
+if interval > 0 then
+  due = math.max(due, slot) + interval
+  redis.call('SET', KEYS[1], string.format('%.0f', due), 'PX', math.ceil((due - now) / 1000) + 1000)
+end
 return slot - now
 """
 

@@ -1,11 +1,14 @@
-"""The one bot-wide scheduler for messages that stream: every draft, send and edit asks it for a turn.
+"""The one bot-wide scheduler for every Telegram send: a draft, an edit, a command's reply, an alert, a typing action.
 
-Telegram allows about 1 message/s in a chat, 20/min in a group and 30/s for the whole bot; a bot whose
-answers each keep their own pace gets flood bans. Here every request waits in one queue: the first visible
-text and final messages go before progress updates, progress updates are served oldest first (so chats take
-turns fairly, and with many streams each is updated less often), a chat is never served before its spacing
-allows, and the whole bot stays under its rate. Each stream has at most one request waiting, so the queue is
-bounded by the number of live answers.
+Telegram's budgets (bot/telegram_limits.py) are token buckets per chat and for the whole bot. Here every request
+waits in one queue: urgent sends (a first text, a final message, a reply) go before progress updates and may use a
+chat's burst; progress updates are served oldest first (so chats take turns fairly, and with many streams each is
+updated less often) and keep one send of the burst for the final message; typing is only sent when a turn is free at
+once and nobody waits, so it is the first thing dropped under pressure. Each stream has at most one request waiting,
+so the queue is bounded by the number of live answers.
+
+Streams wait for their turn themselves (with their priority) and mark the call that uses it with `turn_taken`; every
+other call is paced by `PacedRequests` (bot/services/paced_requests.py), the Bot's request middleware.
 """
 
 from __future__ import annotations
@@ -14,31 +17,35 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from bot.coordination import SendBudget
+from bot.telegram_limits import BOT, GROUP, PRIVATE, PROGRESS_NEEDS, URGENT_NEEDS, SendRate, rate_for
 
-# Telegram: about 1 message/s in one chat, 20/min in a group, 30/s for the whole bot (we keep a margin).
-PRIVATE_INTERVAL = 1.0
-GROUP_INTERVAL = 3.1
-BOT_PER_SECOND = 25.0
+ChatKey = int | str | None
 # Two chats flood-limited within this window means the limit is the bot's, not theirs.
 _GLOBAL_FLOOD_WINDOW = 1.0
 _PRUNE_ABOVE = 4096
+_turn_in_hand: ContextVar[tuple[int, ChatKey] | None] = ContextVar("turn_in_hand", default=None)
 
 
 class Priority(IntEnum):
-    URGENT = 0  # the first visible text of an answer, final messages
+    URGENT = 0  # the first visible text of an answer, final messages, replies
     PROGRESS = 1  # a newer version of text already shown
+
+    @property
+    def needs(self) -> int:
+        return URGENT_NEEDS if self is Priority.URGENT else PROGRESS_NEEDS
 
 
 @dataclass(order=True)
 class _Request:
     priority: int
     sequence: int
-    chat_id: int = field(compare=False)
+    chat_id: ChatKey = field(compare=False)
     granted: asyncio.Future[None] = field(compare=False)
 
 
@@ -46,9 +53,9 @@ class UpdatePacer:
     def __init__(
         self,
         *,
-        private_interval: float = PRIVATE_INTERVAL,
-        group_interval: float = GROUP_INTERVAL,
-        bot_per_second: float = BOT_PER_SECOND,
+        private: SendRate = PRIVATE,
+        group: SendRate = GROUP,
+        bot: SendRate = BOT,
         clock: Callable[[], float] = time.monotonic,
         shared_budget: SendBudget | None = None,
     ) -> None:
@@ -57,25 +64,28 @@ class UpdatePacer:
         self._shared_budget = shared_budget
         self._reserving: list[_Request] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._private_interval = private_interval
-        self._group_interval = group_interval
-        self._bot_gap = 1.0 / bot_per_second
+        self._private = private
+        self._group = group
+        self._bot = bot
         self._clock = clock
-        self._chat_next: dict[int, float] = {}
-        self._bot_next = 0.0
+        self._chat_due: dict[ChatKey, float] = {}  # each chat's bucket as a theoretical arrival time
+        self._bot_due = 0.0
         self._waiting: list[_Request] = []
         self._sequence = itertools.count()
         self._changed = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._last_flood: tuple[int, float] | None = None
+        self._last_flood: tuple[ChatKey, float] | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
-    async def wait_turn(self, chat_id: int, priority: Priority = Priority.PROGRESS) -> None:
-        """Returns when a message may go to `chat_id`; a caller cancelled while waiting takes no slot."""
+    async def wait_turn(self, chat_id: ChatKey, priority: Priority = Priority.PROGRESS) -> None:
+        """Returns when a message may go to `chat_id`; a caller cancelled while waiting takes no slot. After `close`
+        (the bot is stopping) there is nothing left to share turns with: at once."""
+        if self._closed:
+            return
         request = _Request(priority, next(self._sequence), chat_id, asyncio.get_running_loop().create_future())
         self._waiting.append(request)
         self._ensure_worker()
@@ -87,14 +97,47 @@ class UpdatePacer:
                 self._waiting.remove(request)
                 self._changed.set()
 
-    def pause_chat(self, chat_id: int, seconds: float) -> None:
+    async def try_turn(self, chat_id: ChatKey) -> bool:
+        """A turn for something that may be dropped (typing): only if one is free now and nobody is waiting."""
+        now = self._clock()
+        if self._waiting or self._reserving or self._bot_ready_at() > now \
+                or self._chat_ready_at(chat_id, PROGRESS_NEEDS) > now:
+            return False
+        self._take(chat_id, now)
+        if self._shared_budget is None:
+            return True
+        return await self._shared_budget.send_slot(chat_id, needs=PROGRESS_NEEDS, max_wait=0.0) is not None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, chat_id: ChatKey, priority: Priority = Priority.PROGRESS) -> AsyncIterator[None]:
+        """Waits for a turn; the Telegram calls made inside use it (the request middleware does not pace them again)."""
+        await self.wait_turn(chat_id, priority)
+        with self.turn_taken(chat_id):
+            yield
+
+    @contextlib.contextmanager
+    def turn_taken(self, chat_id: ChatKey) -> Iterator[None]:
+        """Marks the Telegram call made inside as using the turn its caller already waited for."""
+        token = _turn_in_hand.set((id(self), chat_id))
+        try:
+            yield
+        finally:
+            _turn_in_hand.reset(token)
+
+    def has_turn(self, chat_id: ChatKey) -> bool:
+        return _turn_in_hand.get() == (id(self), chat_id)
+
+    def pause_chat(self, chat_id: ChatKey, seconds: float) -> None:
         """Telegram said "retry after N" for this chat; a second chat saying so soon after means the whole bot."""
         now = self._clock()
-        self._chat_next[chat_id] = max(self._chat_next.get(chat_id, 0.0), now + seconds)
-        whole_bot = self._last_flood is not None and self._last_flood[0] != chat_id \
-            and now - self._last_flood[1] < _GLOBAL_FLOOD_WINDOW
+        rate = self._rate_of(chat_id)
+        if rate is not None:
+            self._chat_due[chat_id] = max(self._chat_due.get(chat_id, 0.0),
+                                          now + seconds + rate.tolerance(URGENT_NEEDS))
+        whole_bot = rate is None or (self._last_flood is not None and self._last_flood[0] != chat_id
+                                     and now - self._last_flood[1] < _GLOBAL_FLOOD_WINDOW)
         if whole_bot:
-            self._bot_next = max(self._bot_next, now + seconds)
+            self._bot_due = max(self._bot_due, now + seconds + self._bot.tolerance(URGENT_NEEDS))
         self._last_flood = (chat_id, now)
         self._changed.set()
         if self._shared_budget is not None:
@@ -130,20 +173,19 @@ class UpdatePacer:
     def _grant_next(self) -> float | None:
         """Grant one turn if possible and return 0; else how long until one may be possible (None: idle)."""
         now = self._clock()
-        if self._bot_next > now:
-            return self._bot_next - now
-        ready = [request for request in self._waiting if self._chat_next.get(request.chat_id, 0.0) <= now]
+        bot_ready = self._bot_ready_at()
+        if bot_ready > now:
+            return bot_ready - now
+        ready = [request for request in self._waiting if self._request_ready_at(request) <= now]
         if not ready:
             if not self._waiting:
                 return None
-            return min(self._chat_next[request.chat_id] for request in self._waiting) - now
+            return min(self._request_ready_at(request) for request in self._waiting) - now
         chosen = min(ready)
         self._waiting.remove(chosen)
         if chosen.granted.done():
             return 0.0
-        interval = self._group_interval if chosen.chat_id < 0 else self._private_interval
-        self._chat_next[chosen.chat_id] = now + interval
-        self._bot_next = now + self._bot_gap
+        self._take(chosen.chat_id, now)
         if self._shared_budget is None:
             chosen.granted.set_result(None)
         else:
@@ -156,18 +198,40 @@ class UpdatePacer:
         assert self._shared_budget is not None
         chosen, self._reserving = self._reserving, []
         for request in chosen:
-            delay = await self._shared_budget.send_slot(request.chat_id)
-            if delay <= 0:
+            delay = await self._shared_budget.send_slot(request.chat_id, needs=Priority(request.priority).needs)
+            if not delay:
                 _grant(request.granted)
                 continue
-            interval = self._group_interval if request.chat_id < 0 else self._private_interval
-            self._chat_next[request.chat_id] = max(self._chat_next.get(request.chat_id, 0.0),
-                                                   self._clock() + delay + interval)
+            rate = self._rate_of(request.chat_id)
+            if rate is not None:
+                self._chat_due[request.chat_id] = max(self._chat_due.get(request.chat_id, 0.0),
+                                                      self._clock() + delay + rate.interval)
             asyncio.get_running_loop().call_later(delay, _grant, request.granted)
 
+    def _rate_of(self, chat_id: ChatKey) -> SendRate | None:
+        return rate_for(chat_id, self._private, self._group)
+
+    def _chat_ready_at(self, chat_id: ChatKey, needs: int) -> float:
+        rate = self._rate_of(chat_id)
+        if rate is None:
+            return 0.0
+        return self._chat_due.get(chat_id, 0.0) - rate.tolerance(needs)
+
+    def _request_ready_at(self, request: _Request) -> float:
+        return self._chat_ready_at(request.chat_id, Priority(request.priority).needs)
+
+    def _bot_ready_at(self) -> float:
+        return self._bot_due - self._bot.tolerance(URGENT_NEEDS)
+
+    def _take(self, chat_id: ChatKey, now: float) -> None:
+        rate = self._rate_of(chat_id)
+        if rate is not None:
+            self._chat_due[chat_id] = max(self._chat_due.get(chat_id, 0.0), now) + rate.interval
+        self._bot_due = max(self._bot_due, now) + self._bot.interval
+
     def _prune(self, now: float) -> None:
-        if len(self._chat_next) > _PRUNE_ABOVE:
-            self._chat_next = {chat: at for chat, at in self._chat_next.items() if at > now}
+        if len(self._chat_due) > _PRUNE_ABOVE:
+            self._chat_due = {chat: due for chat, due in self._chat_due.items() if due > now}
 
 
 def _grant(granted: asyncio.Future[None]) -> None:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MessageListener = Callable[[int], Awaitable[None]]
 
+TYPING_AFTER_SECONDS = 0.3
 TYPING_REFRESH_SECONDS = 4.5
 STOP_CALLBACK_PREFIX = "stop:"
 _FINAL_NETWORK_ATTEMPTS = 5
@@ -140,7 +141,10 @@ class ReplyStream:
                 await _cancelled(task)
 
     async def _keep_typing(self) -> None:
+        """Typing from TYPING_AFTER_SECONDS on: an answer shown sooner needs none, and keeps the chat's burst for its
+        text. Each action goes only if a turn is free at once (bot/services/paced_requests.py)."""
         action = SendChatAction(chat_id=self.target.chat_id, action="typing", message_thread_id=self.target.thread_id)
+        await asyncio.sleep(TYPING_AFTER_SECONDS)
         while True:
             try:
                 await self._bot(action)
@@ -156,8 +160,8 @@ class ReplyStream:
             await self._wake.wait()
             self._wake.clear()
             urgent = self.first_visible_at is None
-            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT if urgent else Priority.PROGRESS)
-            async with self._send_lock:
+            async with self._pacer.turn(self.target.chat_id, Priority.URGENT if urgent else Priority.PROGRESS), \
+                    self._send_lock:
                 if self._closing or self.gone:
                     return
                 await self._show_progress()
@@ -228,9 +232,7 @@ class ReplyStream:
             return await self._bot(method)
         except reraise:
             raise
-        except TelegramRetryAfter as exc:
-            self._streamer.metrics.telegram_429.inc()
-            self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
+        except TelegramRetryAfter:  # counted and paced by the request middleware; the next update carries newer text
             self._wake.set()
         except TelegramBadRequest as exc:
             return self._handle_intermediate_rejection(method, exc)
@@ -276,11 +278,11 @@ class ReplyStream:
         """RICH_MESSAGES: tables, code and maths rendered by Telegram itself, where it accepts them."""
         if not self._streamer.rich_final or self._sealed_parts or self._live_message_id is not None:
             return False
-        await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
         method = SendRichMessage(chat_id=self.target.chat_id, rich_message=InputRichMessage(markdown=markdown),
                                  message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters())
         try:
-            message = await self._bot(method)
+            async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
+                message = await self._bot(method)
         except (TelegramBadRequest, TelegramNotFound) as exc:
             log.warning("rich message refused (%s); sending entities from now on", exc)
             self._streamer.refuse_rich()
@@ -298,11 +300,11 @@ class ReplyStream:
         message_id = None if self._use_drafts else self._live_message_id
         delivered = False
         if message_id is not None:
-            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
-            delivered = await self._final_call(lambda p: self._edit_method(message_id, p, None), part) is not None
+            async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
+                delivered = await self._final_call(lambda p: self._edit_method(message_id, p, None), part) is not None
         if not delivered and not self.gone:
-            await self._pacer.wait_turn(self.target.chat_id, Priority.URGENT)
-            message = await self._final_call(lambda p: self._send_method(p, None), part)
+            async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
+                message = await self._final_call(lambda p: self._send_method(p, None), part)
             if isinstance(message, Message):
                 await self._sent(message.message_id)
         self._sealed_parts += 1
@@ -319,9 +321,7 @@ class ReplyStream:
         while True:
             try:
                 return await self._bot(build(part))
-            except TelegramRetryAfter as exc:
-                self._streamer.metrics.telegram_429.inc()
-                self._pacer.pause_chat(self.target.chat_id, exc.retry_after)
+            except TelegramRetryAfter as exc:  # counted and paced by the request middleware
                 log.warning("flood control in chat %s: waiting %s s for the final answer",
                             self.target.chat_id, exc.retry_after)
                 await asyncio.sleep(exc.retry_after)

@@ -67,8 +67,10 @@ _COMMAND_RE = re.compile(r"[a-z0-9_]{1,32}")
 _SECRET_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _CLIENT_COMMAND_RE = re.compile(r"/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]+)?")
 # Methods that put something in a chat, and so count against Telegram's flood limits.
+# Counted as strictly as messages (typing and callback answers too: Telegram does not publish their limits).
 _RATE_LIMITED = frozenset({
-    "sendmessage", "editmessagetext", "sendmessagedraft", "sendphoto", "senddocument", "sendrichmessage"
+    "sendmessage", "editmessagetext", "sendmessagedraft", "sendphoto", "senddocument", "sendrichmessage",
+    "sendchataction", "answercallbackquery",
 })
 _DEFAULT_DESCRIPTIONS = {403: "Forbidden: bot was blocked by the user"}
 # The rights every ChatMemberAdministrator carries (aiogram 3.31 requires them all).

@@ -7,13 +7,14 @@ import struct
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import pillow_heif
 import pytest
-from aiogram.types import Chat, Document, Message
-from PIL import ExifTags, Image, features
+from aiogram.types import Chat, Document, Message, PhotoSize, Sticker
+from PIL import ExifTags, Image, ImageDraw, features
 
 from bot.errors import ImageError
 from bot.handlers.inputs import image_of
@@ -21,7 +22,9 @@ from bot.services.images import (
     DEFAULT_TARGET,
     MAX_PIXELS,
     ImageTarget,
+    bare_jpeg_size,
     load_decoders,
+    passthrough,
     prepare_image,
     prepare_image_async,
     smallest_sufficient,
@@ -457,3 +460,213 @@ def test_a_jpeg_comment_does_not_reach_the_provider() -> None:
     prepared = prepare_image(source.getvalue(), "comment")
 
     assert b"SECRET-NOTE" not in prepared.data
+
+
+# --- Telegram photos sent as downloaded ---------------------------------------------------------------------------
+
+
+def telegram_photo(size: tuple[int, int], **options: Any) -> bytes:
+    """A photo-like JPEG as Telegram stores a photo size: q87, JFIF header, no metadata (unless `options` add some)."""
+    image = Image.merge("RGB", (Image.linear_gradient("L").resize(size), Image.effect_noise(size, 30).convert("L"),
+                                Image.linear_gradient("L").rotate(90).resize(size)))
+    ImageDraw.Draw(image).ellipse((size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=RED)
+    return encode(image, "JPEG", quality=87, **options)
+
+
+@pytest.fixture(scope="module")
+def fitting_photo() -> bytes:
+    return telegram_photo((1280, 960))
+
+
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [((1280, 960), {}), ((960, 1280), {}), ((1280, 854), {}), ((1280, 720), {}), ((800, 600), {}),
+     ((1280, 960), {"progressive": True}), ((1280, 960), {"optimize": True, "subsampling": 0})],
+    ids=["4:3", "portrait", "3:2", "16:9", "small", "progressive", "optimized-444"],
+)
+def test_a_telegram_photo_within_reach_of_the_target_leaves_byte_for_byte(size: tuple[int, int],
+                                                                        options: dict[str, Any]) -> None:
+    """The provider scales 1280x960 to 1024x768 itself and bills the same tiles: re-encoding would only cost CPU."""
+    data = telegram_photo(size, **options)
+    assert bare_jpeg_size(data) == size
+
+    prepared = prepare_image(data, "photo", telegram_photo=True)
+
+    assert prepared.data is data
+    assert (prepared.image_id, prepared.mime) == ("photo", "image/jpeg")
+
+
+async def test_the_async_fast_path_gives_the_same_bytes_without_a_worker(fitting_photo: bytes) -> None:
+    class NoWorkers(ThreadPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a photo sent as downloaded needs no worker")
+
+    with NoWorkers() as workers:
+        prepared = await prepare_image_async(fitting_photo, "photo", workers=workers, telegram_photo=True)
+
+    assert prepared.data is fitting_photo
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"exif": phone_exif()}, {"exif": phone_exif(), "progressive": True}],
+    ids=["baseline", "progressive"],
+)
+async def test_a_telegram_photo_carrying_exif_gps_is_rotated_and_stripped_by_the_full_pipeline(
+        options: dict[str, Any]) -> None:
+    data = encode(halves((1280, 960), RED, BLUE), "JPEG", quality=87, **options)
+    assert GPS_MARKER.encode() in data
+    assert bare_jpeg_size(data) is None
+
+    for prepared in (prepare_image(data, "gps", telegram_photo=True),
+                     await prepare_image_async(data, "gps", telegram_photo=True)):
+        assert prepared.data != data
+        assert_no_metadata(prepared.data)
+        out = decode(prepared.data)
+        assert out.size == (768, 1024)  # orientation 6 applied, then downscaled to the target
+        assert near(out.getpixel((384, 100)), RED)
+
+
+def appended(data: bytes) -> bytes:
+    return data + b"SECRET-PAYLOAD"
+
+
+def with_segment(data: bytes, segment: bytes) -> bytes:
+    """`segment` (marker and body) inserted after the JFIF header, or between the scans of a progressive JPEG."""
+    return data[:20] + segment + data[20:]
+
+
+def segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def between_scans(data: bytes, extra: bytes) -> bytes:
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    return data[:second_scan] + extra + data[second_scan:]
+
+
+@pytest.mark.parametrize(
+    "dress",
+    [
+        lambda data: with_segment(data, segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00SECRET-XMP")),
+        lambda data: with_segment(data, segment(0xE2, b"ICC_PROFILE\x00\x01\x01SECRET-ICC")),
+        lambda data: with_segment(data, segment(0xED, b"Photoshop 3.0\x00SECRET-IPTC")),
+        lambda data: with_segment(data, segment(0xFE, b"SECRET-COMMENT")),
+        lambda data: with_segment(data, segment(0xEB, b"SECRET-JUMBF")),
+        appended,
+        lambda data: data + telegram_photo((64, 48)),  # a second picture after the first, as in MPO
+        lambda data: between_scans(data, segment(0xE1, b"Exif\x00\x00SECRET-LATE-EXIF")),
+        lambda data: between_scans(data, segment(0xFE, b"SECRET-LATE-COMMENT")),
+    ],
+    ids=["xmp", "icc", "iptc", "comment", "app11", "trailing-bytes", "second-picture", "exif-between-scans",
+         "comment-between-scans"],
+)
+def test_any_metadata_or_extra_bytes_send_a_telegram_photo_through_the_full_pipeline(dress: Any) -> None:
+    data = dress(telegram_photo((1280, 960), progressive=True))
+    assert decode(data).size == (1280, 960)  # still an image Pillow reads
+    assert bare_jpeg_size(data) is None
+
+    prepared = prepare_image(data, "dressed", telegram_photo=True)
+
+    assert decode(prepared.data).size == (1024, 768)
+    assert b"SECRET" not in prepared.data
+    assert_no_metadata(prepared.data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(halves((1280, 960), RED, BLUE), "PNG"),
+        encode(halves((1280, 960), RED, BLUE), "WEBP", quality=90),
+        encode(halves((1280, 960), RED, BLUE).convert("L"), "JPEG", quality=87),  # greyscale
+        encode(Image.new("CMYK", (1280, 960), (0, 200, 200, 0)), "JPEG", quality=87),  # Adobe marker, 4 components
+        heic(halves((1280, 960), RED, BLUE)),
+    ],
+    ids=["png", "webp", "greyscale-jpeg", "cmyk-jpeg", "heic"],
+)
+def test_a_telegram_photo_that_is_not_a_plain_colour_jpeg_is_converted(data: bytes) -> None:
+    assert bare_jpeg_size(data) is None
+
+    prepared = prepare_image(data, "odd", telegram_photo=True)
+
+    out = decode(prepared.data)
+    assert (out.format, out.mode, out.size) == ("JPEG", "RGB", (1024, 768))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xff\xd8", b"\xff\xd8\xff\xd9", _truncated_jpeg(), b"\xff\xd8\xff\xe0\x00", b"\xff\xd8\xff\xc4\x00\x02",
+     b"\xff\xd8\xff\xc4\xff\xff" + b"\x00" * 40],
+    ids=["empty", "soi-only", "no-frame", "truncated", "cut-length", "cut-after-table", "length-past-the-end"],
+)
+def test_broken_jpegs_never_take_the_fast_path_and_still_raise_image_error(data: bytes) -> None:
+    assert bare_jpeg_size(data) is None
+    assert passthrough(data, "broken") is None
+    with pytest.raises(ImageError):
+        prepare_image(data, "broken", telegram_photo=True)
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "expected"),
+    [((2560, 1920), DEFAULT_TARGET, (1024, 768)), ((2560, 1440), DEFAULT_TARGET, (1365, 768)),
+     ((1920, 1080), DEFAULT_TARGET, (1365, 768)),
+     ((800, 600), ImageTarget(long_side=512, short_side=512), (512, 384)),
+     ((1280, 960), ImageTarget(long_side=512, short_side=512), (512, 384))],
+    ids=["2560-4:3", "2560-16:9", "1920-16:9", "low-800", "low-1280"],
+)
+def test_a_telegram_photo_far_above_the_target_is_downscaled(size: tuple[int, int], target: ImageTarget,
+                                                             expected: tuple[int, int]) -> None:
+    """Sent as downloaded, a 2560 px photo would upload 3-13x the bytes for the same tiles (bench/image_passthrough)."""
+    data = telegram_photo(size)
+    assert bare_jpeg_size(data) == size
+
+    prepared = prepare_image(data, "big", target, telegram_photo=True)
+
+    assert decode(prepared.data).size == expected
+
+
+def test_without_the_telegram_photo_flag_even_a_bare_fitting_jpeg_is_re_encoded(fitting_photo: bytes) -> None:
+    """Documents and stickers: the sender's own bytes, whatever they look like, always take the full pipeline."""
+    prepared = prepare_image(fitting_photo, "document")
+
+    assert prepared.data != fitting_photo
+    assert decode(prepared.data).size == (1024, 768)
+
+
+async def test_without_the_flag_the_async_version_re_encodes_too(fitting_photo: bytes) -> None:
+    prepared = await prepare_image_async(fitting_photo, "document")
+
+    assert decode(prepared.data).size == (1024, 768)
+
+
+def test_documents_and_stickers_are_never_marked_as_telegram_photos() -> None:
+    sticker = Sticker(file_id="s", file_unique_id="su", type="regular", width=512, height=512, is_animated=False,
+                      is_video=False)
+    sticker_message = Message(message_id=2, date=datetime.now(UTC), chat=Chat(id=1, type="private"), sticker=sticker)
+
+    for message in (document_message("image/jpeg", "IMG_0001.JPG"), document_message(None, "photo.jpg"),
+                    sticker_message):
+        ref = image_of(message, DEFAULT_TARGET)
+        assert ref is not None
+        assert ref.telegram_photo is False
+
+
+def test_a_photo_message_is_marked_as_a_telegram_photo() -> None:
+    photo = PhotoSize(file_id="p", file_unique_id="pu", width=1280, height=960)
+    message = Message(message_id=3, date=datetime.now(UTC), chat=Chat(id=1, type="private"), photo=[photo])
+
+    ref = image_of(message, DEFAULT_TARGET)
+    assert ref is not None
+    assert ref.telegram_photo is True
+
+
+def test_smallest_sufficient_takes_a_size_that_nearly_fills_the_target() -> None:
+    """16:9: 1280x720 bills the same 6 tiles as 2560x1440 brought to 1365x768, for a quarter of the download."""
+    wide = [(90, 51), (320, 180), (800, 450), (1280, 720), (2560, 1440)]
+    screenshot = [(41, 90), (148, 320), (370, 800), (591, 1280), (1179, 2556)]
+    panorama = [(90, 45), (320, 160), (800, 400), (1280, 640), (2560, 1280)]
+
+    assert smallest_sufficient(wide) == 3
+    assert smallest_sufficient(screenshot) == 4  # 591 px of text is too little: the full size is worth it
+    assert smallest_sufficient(panorama) == 4
+    assert smallest_sufficient([(90, 67), (320, 240), (800, 600), (1280, 960), (2560, 1920)]) == 3

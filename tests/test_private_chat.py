@@ -42,7 +42,7 @@ async def test_photo_with_caption_is_asked_with_the_image(telegram, vision, star
     assert len(images) == 1
     sent = Image.open(io.BytesIO(images[0]))
     assert sent.format == "JPEG"
-    assert sent.size == (1024, 768)
+    assert sent.size == (1280, 960)  # a Telegram photo within reach of the target leaves as downloaded
     assert vision.leaked_urls == []
     assert telegram.token not in request.raw.decode()
 
@@ -141,8 +141,20 @@ async def test_drafts_grow_then_one_complete_final_message(telegram, vision, sta
     assert draft_texts == sorted(draft_texts, key=len)
     assert texts == ["word0 word1 word2 word3 word4 word5"]
     assert len(telegram.calls_to("sendMessage", ALICE["id"])) == 1
+    assert telegram.calls_to("sendChatAction", ALICE["id"]) == []  # text came at once: no typing needed
+
+
+async def test_typing_shows_while_the_first_text_takes_a_while(telegram, vision, start_bot):
+    vision.enqueue(stream_reply(["A cat."], first_delay=1.0))
+    await start_bot()
+    send_photo(telegram, ALICE, caption="Describe")
+
+    assert await answered(telegram, ALICE["id"]) == ["A cat."]
     typing = telegram.calls_to("sendChatAction", ALICE["id"])
-    assert typing and typing[0].at < drafts[0].at
+    first_text = min(call.at for call in telegram.calls if call.params.get("chat_id") == ALICE["id"]
+                     and call.method in ("sendMessageDraft", "sendMessage"))
+    assert typing and typing[0].at < first_text
+    assert typing[0].params["action"] == "typing"
 
 
 async def test_edit_mode_streams_into_one_message(telegram, vision, start_bot):

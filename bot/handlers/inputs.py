@@ -110,7 +110,7 @@ def _entities(message: Message) -> list[MessageEntity]:
 
 def _photo_ref(sizes: list[PhotoSize], target: ImageTarget) -> ImageRef:
     chosen = sizes[smallest_sufficient([(size.width, size.height) for size in sizes], target)]
-    return ImageRef(chosen.file_id, chosen.file_unique_id, chosen.file_size)
+    return ImageRef(chosen.file_id, chosen.file_unique_id, chosen.file_size, telegram_photo=True)
 
 
 def _is_image_document(mime_type: str | None, file_name: str | None) -> bool:

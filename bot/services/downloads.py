@@ -34,11 +34,16 @@ IN_FLIGHT_PER_WORKER = 4
 
 @dataclass(frozen=True, slots=True)
 class ImageRef:
-    """A Telegram file that holds an image (a photo size, an image document, a sticker)."""
+    """A Telegram file that holds an image (a photo size, an image document, a sticker).
+
+    `telegram_photo`: a size of `message.photo`, which Telegram re-encoded; such a photo may leave as downloaded
+    (`images.passthrough`). Documents and stickers never set it: they are the sender's own bytes, EXIF and all.
+    """
 
     file_id: str
     file_unique_id: str
     file_size: int | None = None
+    telegram_photo: bool = False
 
 
 class ImageFetcher:
@@ -68,7 +73,7 @@ class ImageFetcher:
         file_path = await self._file_path(ref)
         async with self._in_flight:  # held from the download until the photo's bytes are no longer needed
             prepared = await prepare_image_async(await self._download(file_path), image_id, self._target,
-                                                 self._workers)
+                                                 self._workers, telegram_photo=ref.telegram_photo)
         await self._context.keep_image(prepared)
         return prepared
 

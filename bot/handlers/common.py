@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram.types import Message
 
 from bot.models import ConversationKey
-from bot.services.reply_stream import ReplyTarget
+from bot.services.reply_calls import ReplyTarget
 from bot.texts import Language, language_of, text
 
 

@@ -8,7 +8,7 @@ from aiogram import F, Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import CallbackQuery, InaccessibleMessage, MessageGenerationStopped
 
-from bot.services.reply_stream import STOP_CALLBACK_PREFIX
+from bot.services.reply_calls import STOP_CALLBACK_PREFIX
 from bot.services.streaming import ReplyStreamer, StopOutcome
 from bot.texts import language_of, text
 

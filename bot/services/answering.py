@@ -19,7 +19,8 @@ from bot.services.context import ConversationContext
 from bot.services.downloads import ImageFetcher, ImageRef
 from bot.services.inbox import Inbox, Ticket
 from bot.services.model_choice import ModelChoice
-from bot.services.reply_stream import ReplyStream, ReplyTarget
+from bot.services.reply_calls import ReplyTarget
+from bot.services.reply_stream import ReplyStream
 from bot.services.streaming import ReplyStreamer
 from bot.services.usage import UsageGuard
 from bot.texts import Language, error_text, text

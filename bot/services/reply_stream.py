@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiogram import Bot
@@ -19,30 +18,15 @@ from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
-    TelegramNetworkError,
     TelegramNotFound,
     TelegramRetryAfter,
-    TelegramServerError,
 )
-from aiogram.methods import (
-    EditMessageText,
-    SendChatAction,
-    SendMessage,
-    SendMessageDraft,
-    SendRichMessage,
-    TelegramMethod,
-)
-from aiogram.types import (
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    InputRichMessage,
-    LinkPreviewOptions,
-    Message,
-    ReplyParameters,
-)
+from aiogram.methods import EditMessageText, SendChatAction, SendMessage, TelegramMethod
+from aiogram.types import Message
 
 from bot.services.formatting import RenderedText, render, render_plain
 from bot.services.pacing import Priority, UpdatePacer
+from bot.services.reply_calls import ReplyTarget, deliver_final, entities_rejected
 
 if TYPE_CHECKING:
     from bot.services.streaming import ReplyStreamer
@@ -54,21 +38,6 @@ MessageListener = Callable[[int], Awaitable[None]]
 
 TYPING_AFTER_SECONDS = 0.3
 TYPING_REFRESH_SECONDS = 4.5
-STOP_CALLBACK_PREFIX = "stop:"
-_FINAL_NETWORK_ATTEMPTS = 5
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyTarget:
-    """Where an answer goes: the chat, its forum topic, the message it answers and who asked."""
-
-    chat_id: int
-    is_private: bool
-    thread_id: int | None = None
-    reply_to_message_id: int | None = None
-    asker_id: int | None = None
-    stop_label: str = "⏹ Stop"
 
 
 class ReplyStream:
@@ -187,15 +156,14 @@ class ReplyStream:
                 self._shown(part, status=status)
             if shown is not False or self.gone:
                 return  # shown, or skipped this time: only a refusal falls through to edited messages
-        stop = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(
-            text=self.target.stop_label, callback_data=f"{STOP_CALLBACK_PREFIX}{self.stream_id}")]])
+        stop = self.target.stop_markup(self.stream_id)
         if self._live_message_id is None:
-            message = await self._intermediate(self._send_method(part, stop))
+            message = await self._intermediate(self.target.send_method(part, stop, as_reply=self._first_part))
             if isinstance(message, Message):
                 self._live_message_id = message.message_id
                 await self._sent(message.message_id)
                 self._shown(part, status=status)
-        elif await self._intermediate(self._edit_method(self._live_message_id, part, stop)) is not None:
+        elif await self._intermediate(self.target.edit_method(self._live_message_id, part, stop)) is not None:
             self._shown(part, status=status)
 
     async def _sent(self, message_id: int) -> None:
@@ -212,13 +180,11 @@ class ReplyStream:
 
     async def _try_draft(self, part: RenderedText) -> bool | None:
         """True: shown; None: not this time (flood wait, network); False: Telegram refuses drafts here."""
-        method = SendMessageDraft(chat_id=self.target.chat_id, draft_id=self.stream_id, text=part.text,
-                                  entities=part.entities or None, message_thread_id=self.target.thread_id,
-                                  parse_mode=None, can_stop=True, keep_on_stop=True)
+        method = self.target.draft_method(self.stream_id, part)
         try:
             return True if await self._intermediate(method, reraise=(TelegramBadRequest, TelegramNotFound)) else None
         except (TelegramBadRequest, TelegramNotFound) as exc:
-            if _entities_rejected(exc) and part.entities:
+            if entities_rejected(exc) and part.entities:
                 return await self._try_draft(part.without_entities())
             log.info("drafts refused in chat %s (%s); streaming with edits instead", self.target.chat_id, exc)
             self._streamer.refuse_drafts(self.target.chat_id, everywhere=isinstance(exc, TelegramNotFound))
@@ -248,7 +214,7 @@ class ReplyStream:
             return True
         if "message to edit not found" in exc.message:
             self._mark_gone(exc)
-        elif _entities_rejected(exc) and isinstance(method, SendMessage | EditMessageText) and method.entities:
+        elif entities_rejected(exc) and isinstance(method, SendMessage | EditMessageText) and method.entities:
             self._plain_only = True
             self._wake.set()
             log.warning("entities rejected in chat %s: %s; going on in plain text", self.target.chat_id, exc)
@@ -278,11 +244,9 @@ class ReplyStream:
         """RICH_MESSAGES: tables, code and maths rendered by Telegram itself, where it accepts them."""
         if not self._streamer.rich_final or self._sealed_parts or self._live_message_id is not None:
             return False
-        method = SendRichMessage(chat_id=self.target.chat_id, rich_message=InputRichMessage(markdown=markdown),
-                                 message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters())
         try:
             async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
-                message = await self._bot(method)
+                message = await self._bot(self.target.rich_method(markdown))
         except (TelegramBadRequest, TelegramNotFound) as exc:
             log.warning("rich message refused (%s); sending entities from now on", exc)
             self._streamer.refuse_rich()
@@ -301,10 +265,12 @@ class ReplyStream:
         delivered = False
         if message_id is not None:
             async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
-                delivered = await self._final_call(lambda p: self._edit_method(message_id, p, None), part) is not None
+                edited = await self._final_call(lambda p: self.target.edit_method(message_id, p, None), part)
+            delivered = edited is not None
         if not delivered and not self.gone:
             async with self._pacer.turn(self.target.chat_id, Priority.URGENT):
-                message = await self._final_call(lambda p: self._send_method(p, None), part)
+                as_reply = self._first_part
+                message = await self._final_call(lambda p: self.target.send_method(p, None, as_reply=as_reply), part)
             if isinstance(message, Message):
                 await self._sent(message.message_id)
         self._sealed_parts += 1
@@ -316,33 +282,15 @@ class ReplyStream:
 
     async def _final_call(self, build: Callable[[RenderedText], TelegramMethod[T]],
                           part: RenderedText) -> T | bool | None:
-        """Retry until Telegram takes it: flood waits are waited out, rejected entities go out as plain text."""
-        network_failures = 0
-        while True:
-            try:
-                return await self._bot(build(part))
-            except TelegramRetryAfter as exc:  # counted and paced by the request middleware
-                log.warning("flood control in chat %s: waiting %s s for the final answer",
-                            self.target.chat_id, exc.retry_after)
-                await asyncio.sleep(exc.retry_after)
-            except TelegramBadRequest as exc:
-                if "message is not modified" in exc.message:
-                    return True
-                if part.entities and _entities_rejected(exc):
-                    log.warning("entities rejected in chat %s: %s; sending plain text", self.target.chat_id, exc)
-                    part = part.without_entities()
-                    continue
-                log.warning("final message rejected in chat %s: %s", self.target.chat_id, exc)
-                return None
-            except TelegramForbiddenError as exc:
-                self._mark_gone(exc)
-                return None
-            except (TelegramNetworkError, TelegramServerError) as exc:
-                network_failures += 1
-                if network_failures >= _FINAL_NETWORK_ATTEMPTS:
-                    log.error("giving up on the final answer in chat %s: %s", self.target.chat_id, exc)  # noqa: TRY400
-                    return None
-                await asyncio.sleep(min(2.0**network_failures, 10.0))
+        try:
+            return await deliver_final(self._bot, build, part, self.target.chat_id)
+        except TelegramForbiddenError as exc:
+            self._mark_gone(exc)
+            return None
+
+    @property
+    def _first_part(self) -> bool:
+        return not self._sealed_parts
 
     async def _stop_updates(self) -> None:
         self._closing = True
@@ -355,28 +303,6 @@ class ReplyStream:
     def _stop_typing(self) -> None:
         if self._typing is not None:
             self._typing.cancel()
-
-    def _reply_parameters(self) -> ReplyParameters | None:
-        if self.target.reply_to_message_id is None or self._sealed_parts:
-            return None
-        return ReplyParameters(message_id=self.target.reply_to_message_id, allow_sending_without_reply=True)
-
-    def _send_method(self, part: RenderedText, markup: InlineKeyboardMarkup | None) -> SendMessage:
-        return SendMessage(chat_id=self.target.chat_id, text=part.text, entities=part.entities or None,
-                           message_thread_id=self.target.thread_id, reply_parameters=self._reply_parameters(),
-                           link_preview_options=_NO_PREVIEW, parse_mode=None, reply_markup=markup)
-
-    def _edit_method(self, message_id: int, part: RenderedText,
-                     markup: InlineKeyboardMarkup | None) -> EditMessageText:
-        return EditMessageText(chat_id=self.target.chat_id, message_id=message_id, text=part.text,
-                               entities=part.entities or None, link_preview_options=_NO_PREVIEW, parse_mode=None,
-                               reply_markup=markup)
-
-
-def _entities_rejected(exc: TelegramBadRequest) -> bool:
-    message = exc.message.lower()
-    return "entit" in message or "can't parse" in message
-
 
 async def _cancelled(task: Awaitable[Any] | None) -> None:
     if task is not None:

@@ -16,7 +16,8 @@ from bot.config import StreamMode
 from bot.coordination import Coordinator
 from bot.metrics import Metrics
 from bot.services.pacing import UpdatePacer
-from bot.services.reply_stream import MessageListener, ReplyStream, ReplyTarget
+from bot.services.reply_calls import ReplyTarget
+from bot.services.reply_stream import MessageListener, ReplyStream
 
 log = logging.getLogger(__name__)
 

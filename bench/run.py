@@ -1,19 +1,26 @@
 """Benchmark: the bot's own overhead and ceiling, measured on this machine.
 
-    python -m bench.run --scenario 1|50|500|all [--ttft 0.5] [--tps 30] [--answer-tokens 200]
-                        [--telegram-rtt 0.03] [--out bench/results.json]
+    python -m bench.run --scenario 1|50|500|all [--mode polling|webhook] [--backend sqlite|pg-redis]
+                        [--replicas N] [--ttft 0.5] [--tps 30] [--answer-tokens 200] [--telegram-rtt 0.03]
+                        [--out bench/results.json]
 
 The real bot runs as `python -m bot` in a subprocess (so its CPU time and peak RSS are its own), against the
 test suite's loopback fakes: Telegram enforcing its flood limits, with a simulated round trip, and an
 OpenAI-compatible provider streaming with the configured time to first token and tokens per second. Every user
-sends a distinct 1280x960 photo as Telegram photo sizes. All timestamps are taken by the fakes, on the
-machine-wide monotonic clock:
+sends a distinct 1280x960 photo as Telegram photo sizes. All timestamps are taken on the machine-wide monotonic
+clock, by the fakes:
 
-- update received: the getUpdates response carrying the update left the fake Telegram;
+- update received: polling, the getUpdates response carrying the update left the fake Telegram; webhook, the
+  fake Telegram handed the POST carrying it to its HTTP client (bench/webhook.py);
 - provider request sent: the fake provider had read the request;
 - first token / last token: the fake provider wrote the first content chunk / finished the stream;
 - first visible text / final message sent: the bot's sendMessageDraft / sendMessage / editMessageText request
   reached the fake Telegram (before the simulated round trip), answered 200.
+
+`--backend pg-redis` runs the bot on a fresh PostgreSQL database and a Redis key prefix of its own
+(bench/backends.py); `--replicas N` runs N bot processes on it, in webhook mode behind a round-robin load
+balancer (polling: one holds the poll lease and shares the updates out). CPU time and peak RSS are then given
+per replica and in total, with the PostgreSQL and Redis servers' CPU time beside them.
 
 The fakes stand for remote services but share the machine: the bot runs at niceness 5 (--bot-nice) and the
 fakes' garbage collector is paused during a scenario, so they stay prompt; their event-loop lag is reported.
@@ -27,9 +34,6 @@ import contextlib
 import gc
 import json
 import os
-import platform
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,23 +44,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import PIL
-from PIL import features
-
+from bench import trace_bot, webhook
+from bench.backends import BACKENDS, POSTGRES_DSN, REDIS_URL, storage_env
 from bench.loopback import CLIENT_GONE, Exchange, PhotoMaker, TimedTelegram
+from bench.process import ROOT, BotProcess, free_port, machine_cpu_seconds, service_cpu_seconds, wait_healthy
+from bench.report import code_state, machine, table
 from bot.services.formatting import render
 from tests.fakes.telegram_server import make_user, message_update, private_chat
 from tests.fakes.vision_server import FakeVision, RecordedRequest, stream_reply
 
-ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-bench-key"
+TRACE_FILE = "trace.json"
 USER_ID_BASE = 700_000
 VISIBLE_METHODS = frozenset({"sendMessageDraft", "sendMessage", "editMessageText"})
 FINAL_METHODS = frozenset({"sendMessage", "editMessageText"})
 IMAGE_WAITS = frozenset({"getFile", "download"})
-# What Telegram counts against a bot's ~30 messages a second.
+# What the fake Telegram counts against a bot's ~30 messages a second (tests/fakes/telegram_server.py).
 PACED_METHODS = frozenset({"sendmessage", "editmessagetext", "sendmessagedraft", "sendphoto", "senddocument",
-                           "sendrichmessage"})
+                           "sendrichmessage", "sendchataction", "answercallbackquery"})
 # The bot's pacer lets 25 streamed messages/s out (Telegram allows 30): the floor for many concurrent answers.
 BOT_MESSAGES_PER_SECOND = 25
 # Telegram allows about one message a second in a chat; the next question in the same chat waits this long.
@@ -89,6 +94,13 @@ class Options:
     ramp: float | None = None
     timeline: bool = False
     bot_nice: int = 0
+    mode: str = "polling"  # or "webhook": the fake Telegram POSTs each update to the bot
+    backend: str = "sqlite"  # or "pg-redis"
+    replicas: int = 1
+    postgres_dsn: str = POSTGRES_DSN
+    redis_url: str = REDIS_URL
+    profile_rate: int = 100
+    trace: bool = False  # run bench.trace_bot: timestamps at each step inside the bot
 
 
 @dataclass
@@ -137,87 +149,6 @@ def answer_tokens(count: int) -> list[str]:
     return tokens[:count]
 
 
-# --- the bot process --------------------------------------------------------------------------------------
-
-
-class BotProcess:
-    """`python -m bot` (optionally under a profiler) with the fakes' addresses in its environment."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], profile: str | None, profile_out: Path | None,
-                 nice: int = 0) -> None:
-        self.workdir = workdir
-        self.nice = nice
-        self.env = env
-        self.profile = profile
-        self.profile_out = profile_out
-        self.process: asyncio.subprocess.Process | None = None
-        self.pid: int | None = None  # the Python process running the bot (a child of py-spy when profiling)
-        self.log_path = workdir / "bot.log"
-
-    async def start(self) -> None:
-        command = [sys.executable, "-m", "bot"]
-        if self.profile == "pyinstrument":
-            command = [sys.executable, "-m", "pyinstrument", "-r", "html", "-o", str(self.profile_out),
-                       "-m", "bot"]
-        elif self.profile == "py-spy":
-            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            command = [py_spy, "record", "--rate", "100", "--nonblocking", "--format", "raw", "--threads", "--output",
-                       str(self.profile_out), "--", *command]
-        clean = {key: value for key, value in os.environ.items()
-                 if not key.startswith(("BOT_", "VISION_", "TELEGRAM_", "DATABASE_", "CONTEXT_", "STREAM_",
-                                        "LOG_", "METRICS_", "USER_", "CHAT_", "ALLOWED_", "ADMIN_"))}
-        if self.nice:
-            command = ["nice", "-n", str(self.nice), *command]  # nice execs the command: same pid
-        with self.log_path.open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *command, cwd=self.workdir, env={**clean, "PYTHONPATH": str(ROOT), **self.env},
-                stdout=log, stderr=asyncio.subprocess.STDOUT)
-        self.pid = self.process.pid
-        if self.profile == "py-spy":
-            self.pid = await self._child_of(self.process.pid)
-
-    async def _child_of(self, parent: int) -> int:
-        for _ in range(200):
-            children = _children(parent)
-            if children:
-                return children[0]
-            await asyncio.sleep(0.05)
-        raise RuntimeError("py-spy did not start the bot")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the bot process, all its threads (from /proc/<pid>/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def exited(self) -> bool:
-        return self.process is None or self.process.returncode is not None
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    async def stop(self) -> None:
-        if self.process is None or self.pid is None:
-            return
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout=60)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*/children") for child in task.read_text().split()]
-
-
 # --- one scenario -----------------------------------------------------------------------------------------
 
 
@@ -239,6 +170,7 @@ class Run:
         self._current: dict[int, Answer] = {}  # chat -> the answer being written there
         self._by_file: dict[str, Answer] = {}
         self._by_path: dict[str, Answer] = {}
+        self.pusher: webhook.WebhookPusher | None = None
         self.telegram.observers.append(self._observe)
 
     def _observe(self, exchange: Exchange) -> None:
@@ -271,7 +203,10 @@ class Run:
     def _ask(self, answer: Answer, user: dict[str, Any], photo: list[dict[str, Any]]) -> None:
         self._current[answer.chat_id] = answer
         update = message_update(private_chat(user), user, photo=photo, caption=answer.caption)
-        answer.update_id = self.telegram.push_update(update)
+        if self.pusher is None:
+            answer.update_id = self.telegram.push_update(update)
+        else:
+            answer.update_id = self.pusher.push(update)
 
     def _plan(self) -> list[tuple[Answer, dict[str, Any], list[dict[str, Any]]]]:
         """Questions with their photos, registered as Telegram photo sizes before the clock starts."""
@@ -304,56 +239,113 @@ class Run:
     async def execute(self, workdir: Path) -> dict[str, Any]:
         await self.telegram.start()
         await self.vision.start()
-        plan = self._plan()
-        profile_out = None
-        if self.options.profile:
-            self.options.profile_dir.mkdir(parents=True, exist_ok=True)
-            suffix = "html" if self.options.profile == "pyinstrument" else "txt"
-            profile_out = (self.options.profile_dir / f"scenario-{self.scenario.name}-{self.options.profile}.{suffix}")
-            profile_out = profile_out.resolve()
-        bot = BotProcess(workdir, {
-            "BOT_TOKEN": self.telegram.token, "TELEGRAM_API_URL": self.telegram.base_url,
-            "VISION_BASE_URL": self.vision.base_url, "VISION_API_KEY": API_KEY,
-            "DATABASE_URL": f"sqlite:///{workdir / 'bot.sqlite3'}", "SHUTDOWN_GRACE": "5",
-            "STREAM_MODE": self.options.stream_mode,
-        }, self.options.profile, profile_out, nice=self.options.bot_nice)
-        load_before = os.getloadavg()
         try:
-            await bot.start()
-            await self._wait_ready(bot)
-            harness_cpu, cpu, self.started = time.process_time(), bot.cpu_seconds(), time.monotonic()
-            monitor = asyncio.create_task(self._watch_loop())
-            # A full collection over the fakes' records stalls them for ~0.4 s: they would time-stamp late and
-            # pass on a backlog of requests in a burst. The fakes stand for remote services: keep them prompt.
-            gc.freeze()
-            gc.disable()
-            try:
-                await self._drive(plan)
-            finally:
-                gc.enable()
-                gc.unfreeze()
-                monitor.cancel()
-            wall = time.monotonic() - self.started
-            cpu = bot.cpu_seconds() - cpu
-            harness_cpu = time.process_time() - harness_cpu
-            peak_rss = bot.peak_rss_mb()
-        except BaseException:
-            if bot.log_path.exists():
-                print(bot.log_tail(), file=sys.stderr)
-            raise
+            plan = self._plan()
+            async with storage_env(self.options.backend, workdir, postgres_dsn=self.options.postgres_dsn,
+                                   redis_url=self.options.redis_url) as storage:
+                bots = [self._bot(workdir, storage, index) for index in range(self.options.replicas)]
+                try:
+                    result = await self._measure(bots, plan)
+                except BaseException:
+                    for bot in bots:
+                        if bot.log_path.exists():
+                            print(f"--- {bot.name} ({bot.log_path}):\n{bot.log_tail()}", file=sys.stderr)
+                    raise
+                finally:
+                    await asyncio.gather(*(bot.stop() for bot in bots))
+                    if self.pusher is not None:
+                        await self.pusher.stop()
         finally:
-            await bot.stop()
             await self.telegram.stop()
             await self.vision.stop()
-        return self._figures(wall=wall, cpu=cpu, harness_cpu=harness_cpu, peak_rss=peak_rss,
-                             load=(load_before, os.getloadavg()), profile=profile_out)
+        if self.options.trace:  # written by each bot as it exits
+            result["trace"] = self._trace(bots)
+        return result
 
-    async def _wait_ready(self, bot: BotProcess) -> None:
-        """The bot is ready once it long-polls for updates (after its start-up calls)."""
+    def _trace(self, bots: list[BotProcess]) -> dict[str, Any]:
+        requests = self._requests_by_caption()
+        provider_request = {answer.update_id: requests[answer.caption].at for answer in self.answers
+                            if answer.caption in requests}
+        paths = [bot.workdir / TRACE_FILE for bot in bots if (bot.workdir / TRACE_FILE).exists()]
+        return trace_bot.summarise(paths, self.telegram.delivered, provider_request)
+
+    def _bot(self, workdir: Path, storage: dict[str, str], index: int) -> BotProcess:
+        """One bot process (replica `index`), with its own folder and, in webhook mode, its own port."""
+        options = self.options
+        several = options.replicas > 1
+        name = f"replica-{index}" if several else "bot"
+        env = {
+            "BOT_TOKEN": self.telegram.token, "TELEGRAM_API_URL": self.telegram.base_url,
+            "VISION_BASE_URL": self.vision.base_url, "VISION_API_KEY": API_KEY,
+            "SHUTDOWN_GRACE": "5", "STREAM_MODE": options.stream_mode, **storage,
+        }
+        folder = workdir / name if several else workdir
+        if options.trace:
+            env["BENCH_TRACE_OUT"] = str(folder / TRACE_FILE)
+        health_port = webhook_url = None
+        if options.mode == "webhook":
+            health_port = free_port()  # the webhook server answers /healthz too
+            webhook_url = f"http://127.0.0.1:{health_port}{webhook.PATH}"
+            env.update({"BOT_MODE": "webhook", "WEBHOOK_URL": webhook.PUBLIC_URL, "WEBHOOK_SECRET": webhook.SECRET,
+                        "WEBHOOK_HOST": "127.0.0.1", "WEBHOOK_PORT": str(health_port)})
+        elif several:  # polling replicas: only one polls, so each one's readiness comes from its /healthz
+            health_port = free_port()
+            env.update({"METRICS_PORT": str(health_port), "METRICS_HOST": "127.0.0.1"})
+        profile_out = None
+        if options.profile:
+            options.profile_dir.mkdir(parents=True, exist_ok=True)
+            suffix = "html" if options.profile == "pyinstrument" else "txt"
+            label = "-".join([self.scenario.name, options.mode, options.backend, *([name] if several else [])])
+            profile_out = (options.profile_dir / f"scenario-{label}-{options.profile}.{suffix}").resolve()
+        return BotProcess(folder, env, profile=options.profile, profile_out=profile_out, nice=options.bot_nice,
+                          name=name, health_port=health_port, webhook_url=webhook_url,
+                          profile_rate=options.profile_rate, module="bench.trace_bot" if options.trace else "bot")
+
+    async def _measure(self, bots: list[BotProcess], plan: list[tuple[Answer, dict[str, Any], list[dict[str, Any]]]]
+                       ) -> dict[str, Any]:
+        load_before = os.getloadavg()
+        await asyncio.gather(*(bot.start() for bot in bots))
+        await self._wait_ready(bots)
+        if self.options.mode == "webhook":
+            self.pusher = webhook.WebhookPusher(self.telegram, [bot.webhook_url or "" for bot in bots],
+                                                self.telegram.delivered)
+            await self.pusher.start()
+        await asyncio.gather(*(bot.start_profiler() for bot in bots))
+        harness_cpu, services_cpu, machine_cpu = time.process_time(), service_cpu_seconds(), machine_cpu_seconds()
+        cpu = [bot.cpu_seconds() for bot in bots]
+        self.started = time.monotonic()
+        monitor = asyncio.create_task(self._watch_loop())
+        # A full collection over the fakes' records stalls them for ~0.4 s: they would time-stamp late and
+        # pass on a backlog of requests in a burst. The fakes stand for remote services: keep them prompt.
+        gc.freeze()
+        gc.disable()
+        try:
+            await self._drive(plan)
+        finally:
+            gc.enable()
+            gc.unfreeze()
+            monitor.cancel()
+        wall = time.monotonic() - self.started
+        cpu = [bot.cpu_seconds() - before for bot, before in zip(bots, cpu, strict=True)]
+        await asyncio.gather(*(bot.stop_profiler() for bot in bots))
+        services_cpu = service_cpu_seconds() - services_cpu
+        harness_cpu = time.process_time() - harness_cpu
+        machine_cpu = {key: value - machine_cpu[key] for key, value in machine_cpu_seconds().items()}
+        replicas = [{"name": bot.name, "cpu_seconds": round(seconds, 2), "peak_rss_mb": round(bot.peak_rss_mb(), 1)}
+                    for bot, seconds in zip(bots, cpu, strict=True)]
+        return self._figures(wall=wall, replicas=replicas, harness_cpu=harness_cpu, services_cpu=services_cpu,
+                             machine_cpu=machine_cpu, load=(load_before, os.getloadavg()),
+                             profiles=[bot.profile_out for bot in bots if bot.profile_out is not None])
+
+    async def _wait_ready(self, bots: list[BotProcess]) -> None:
+        """Every bot answers /healthz (webhook mode, replicas), and in polling mode one long-polls for updates
+        (after its start-up calls)."""
+        await asyncio.gather(*(wait_healthy(bot) for bot in bots if bot.health_port is not None))
         deadline = time.monotonic() + 60
-        while not self.telegram.polling_started:
-            if bot.exited():
-                raise RuntimeError(f"the bot exited during start-up:\n{bot.log_tail()}")
+        while self.options.mode == "polling" and not self.telegram.polling_started:
+            for bot in bots:
+                if bot.exited():
+                    raise RuntimeError(f"{bot.name} exited during start-up:\n{bot.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the bot did not start polling within 60 s")
             await asyncio.sleep(0.02)
@@ -392,8 +384,9 @@ class Run:
 
     # --- figures ---
 
-    def _figures(self, *, wall: float, cpu: float, harness_cpu: float, peak_rss: float,
-                 load: tuple[tuple[float, ...], tuple[float, ...]], profile: Path | None) -> dict[str, Any]:
+    def _figures(self, *, wall: float, replicas: list[dict[str, Any]], harness_cpu: float, services_cpu: float,
+                 machine_cpu: dict[str, float], load: tuple[tuple[float, ...], tuple[float, ...]],
+                 profiles: list[Path]) -> dict[str, Any]:
         requests = self._requests_by_caption()
         overhead, net, first_text, final, end_to_end, calls = [], [], [], [], [], []
         dispatch, image_waits, before_download, after_download = [], [], [], []
@@ -422,8 +415,18 @@ class Run:
                 final.append(answer.final_at - request.finished_at)
                 end_to_end.append(answer.final_at - delivered)
         completed = sum(answer.complete for answer in self.answers)
+        cpu = sum(replica["cpu_seconds"] for replica in replicas)
+        deliveries = self.pusher.summary() if self.pusher is not None else None
+        if deliveries is not None:
+            for replica, accepted in zip(replicas, deliveries["accepted_per_replica"], strict=True):
+                replica["updates_accepted"] = accepted
+            deliveries["answer_200_ms"] = _quantiles(deliveries["answer_200_ms"])
+        shared = self.options.backend == "pg-redis"
         return {
             "scenario": self.scenario.name,
+            "mode": self.options.mode,
+            "backend": self.options.backend,
+            "replicas": len(replicas),
             "chats": self.scenario.chats,
             "questions_per_chat": self.scenario.questions,
             "ramp_seconds": self._ramp(),
@@ -457,16 +460,25 @@ class Run:
             "cpu_seconds_per_answer": round(cpu / completed, 4) if completed else None,
             "bot_cpu_seconds": round(cpu, 2),
             "bot_cpu_utilisation": round(cpu / wall, 2) if wall else None,
-            "peak_rss_mb": round(peak_rss, 1),
+            "peak_rss_mb": max(replica["peak_rss_mb"] for replica in replicas),
+            "peak_rss_mb_sum": round(sum(replica["peak_rss_mb"] for replica in replicas), 1),
+            "per_replica": replicas,
+            # The PostgreSQL and Redis servers (every process of theirs on this machine) while the scenario ran.
+            "services_cpu_seconds": round(services_cpu, 2) if shared else None,
+            "services_cpu_seconds_per_answer": round(services_cpu / completed, 4) if shared and completed else None,
+            "webhook": deliveries,
             "max_simultaneous_streams": _max_overlap(
                 (request.at, request.finished_at or request.at) for request in requests.values()),
             "wall_seconds": round(wall, 1),
             "harness_cpu_seconds": round(harness_cpu, 2),
+            # Everything else on the machine meanwhile (other work sharing the cores makes a run unrepresentative).
+            "other_processes_cpu_seconds": round(machine_cpu["busy"] - cpu - harness_cpu - services_cpu, 2),
+            "cpu_stolen_seconds": round(machine_cpu["steal"], 2),
             "harness_loop_lag_ms": _lag(self.loop_lags),
             "harness_stalls_over_100ms": self.long_lags[:50],
             "load_average_before": [round(value, 2) for value in load[0]],
             "load_average_after": [round(value, 2) for value in load[1]],
-            "profile": str(profile) if profile else None,
+            "profiles": [str(profile) for profile in profiles],
             **({"timeline_ms": self._timeline(requests)} if self.options.timeline else {}),
         }
 
@@ -548,88 +560,22 @@ def _max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     return peak
 
 
-# --- machine and report -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    memory = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:")), 0)
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "ram_gb": round(memory / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "kernel": platform.release(),
-    }
-
-
-ROWS: tuple[tuple[str, str, str], ...] = (
-    ("update received -> provider request, ms", "overhead_ms", "q"),
-    ("  the same less getFile + download waits, ms", "overhead_less_telegram_waits_ms", "q"),
-    ("  update received -> getFile sent, ms", "overhead_parts_ms.update_to_get_file", "q"),
-    ("  getFile answered -> download sent, ms", "overhead_parts_ms.get_file_to_download", "q"),
-    ("  download done -> provider request, ms", "overhead_parts_ms.download_to_provider_request", "q"),
-    ("provider first token -> first text sent, ms", "first_token_to_first_text_ms", "q"),
-    ("provider last token -> final message sent, ms", "last_token_to_final_ms", "q"),
-    ("update received -> final message sent, ms", "update_to_final_ms", "q"),
-    ("Telegram calls per answer (mean)", "telegram_calls_per_answer", "mean"),
-    ("Telegram 429s received", "telegram_429", "v"),
-    ("Telegram messages in the busiest second", "telegram_peak_sends_per_second", "v"),
-    ("bot CPU seconds per answer", "cpu_seconds_per_answer", "v"),
-    ("bot CPU utilisation (cores)", "bot_cpu_utilisation", "v"),
-    ("bot peak RSS, MB", "peak_rss_mb", "v"),
-    ("answers completed / started", "answers_completed", "ratio"),
-    ("max simultaneous provider streams", "max_simultaneous_streams", "v"),
-    ("wall seconds", "wall_seconds", "v"),
-    ("fakes' event-loop lag p99 / max, ms", "harness_loop_lag_ms", "lag"),
-)
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    header = ["figure (p50 / p95)"] + [f"{r['chats']} chat{'s' if r['chats'] > 1 else ''}" for r in results]
-    rows = [header]
-    for label, key, kind in ROWS:
-        cells = [label]
-        for result in results:
-            value = result
-            for part in key.split("."):
-                value = value[part]
-            if kind == "q":
-                cells.append(f"{_num(value['p50'])} / {_num(value['p95'])}")
-            elif kind == "mean":
-                cells.append(_num(value["mean"]))
-            elif kind == "lag":
-                cells.append(f"{_num(value['p99'])} / {_num(value['max'])}")
-            elif kind == "ratio":
-                cells.append(f"{result['answers_completed']} / {result['answers_started']}")
-            else:
-                cells.append(_num(value))
-        rows.append(cells)
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = [" | ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                        for column, (cell, width) in enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value >= 100:
-        return f"{value:.0f}"
-    return str(value)
-
-
 # --- command line -----------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=("1", "50", "500", "all"), default="all")
+    parser.add_argument("--mode", choices=("polling", "webhook"), default="polling",
+                        help="how updates reach the bot: it long-polls, or the fake Telegram POSTs them to its webhook")
+    parser.add_argument("--backend", choices=BACKENDS, default="sqlite",
+                        help="the bot's storage: a SQLite file, or a fresh PostgreSQL database + Redis (coordination)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="bot processes sharing the work (needs --backend pg-redis; webhook mode: round robin)")
+    parser.add_argument("--postgres-dsn", default=POSTGRES_DSN,
+                        help="pg-redis: the server (and a database to connect to) on which each run creates and "
+                             "drops a database of its own")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="pg-redis: REDIS_URL (each run has its own prefix)")
     parser.add_argument("--ttft", type=float, default=0.5, help="provider time to first token, s")
     parser.add_argument("--tps", type=float, default=30.0, help="provider tokens per second")
     parser.add_argument("--answer-tokens", type=int, default=200, help="tokens (stream chunks) per answer")
@@ -639,29 +585,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream-mode", choices=("auto", "edit"), default="auto",
                         help="the bot's STREAM_MODE: drafts in private chats (auto) or edited messages")
     parser.add_argument("--profile", choices=("pyinstrument", "py-spy"), default=None,
-                        help="run the bot under a profiler (figures then include its overhead)")
+                        help="run the bot under a profiler (figures then include its overhead); py-spy attaches "
+                             "once the bot is ready and covers the scenario only, pyinstrument covers start-up too")
     parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "profiles")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy's samples per second")
     parser.add_argument("--ramp", type=float, default=None,
-                        help="seconds over which the concurrent chats start (default 1.5 for 50, 2 for 500)")
+                        help="seconds over which the concurrent chats start (default 8 for 50, 2 for 500)")
     parser.add_argument("--bot-nice", type=int, default=5,
                         help="run the bot at this niceness so the fakes (stand-ins for remote services) stay "
                              "prompt when it saturates the CPU; 0 for equal priority")
     parser.add_argument("--timeline", action="store_true", help="add every answer's timestamps to the results")
+    parser.add_argument("--trace", action="store_true",
+                        help="run the bot as bench.trace_bot: the wall time between the steps inside the bot from "
+                             "update to provider request (adds a little overhead)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a scenario's answers")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
+    if args.replicas > 1 and args.backend != "pg-redis":
+        parser.error("--replicas > 1 needs --backend pg-redis (replicas share PostgreSQL and Redis)")
+    return args
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     options = Options(ttft=args.ttft, tps=args.tps, answer_tokens=args.answer_tokens,
                       telegram_rtt=args.telegram_rtt, questions=args.questions, stream_mode=args.stream_mode,
                       profile=args.profile, profile_dir=args.profile_dir, timeout=args.timeout, ramp=args.ramp,
-                      timeline=args.timeline, bot_nice=args.bot_nice)
+                      timeline=args.timeline, bot_nice=args.bot_nice, mode=args.mode, backend=args.backend,
+                      replicas=args.replicas, postgres_dsn=args.postgres_dsn, redis_url=args.redis_url,
+                      profile_rate=args.profile_rate, trace=args.trace)
     known = scenarios(args.questions)
     names = list(known) if args.scenario == "all" else [args.scenario]
     results = []
     for name in names:
-        print(f"scenario {name}: {known[name].chats} chat(s) ...", file=sys.stderr, flush=True)
+        print(f"scenario {name}: {known[name].chats} chat(s), {args.mode}, {args.backend}, {args.replicas} "
+              f"process(es) ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
             results.append(await Run(known[name], options).execute(Path(workdir)))
         print(f"scenario {name}: {results[-1]['answers_completed']}/{results[-1]['answers_started']} answers "
@@ -676,15 +635,23 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
+        "code": code_state(),
         "options": {"ttft": args.ttft, "tps": args.tps, "answer_tokens": args.answer_tokens,
                     "telegram_rtt": args.telegram_rtt, "questions": args.questions,
-                    "stream_mode": args.stream_mode, "profile": args.profile, "bot_nice": args.bot_nice,
-                    "ramp": args.ramp, "photo": "1280x960 JPEG q87, distinct per question"},
+                    "stream_mode": args.stream_mode, "profile": args.profile, "profile_rate": args.profile_rate,
+                    "trace": args.trace,
+                    "bot_nice": args.bot_nice,
+                    "ramp": args.ramp, "mode": args.mode, "backend": args.backend, "replicas": args.replicas,
+                    "photo": "1280x960 JPEG q87, distinct per question"},
         "scenarios": {result["scenario"]: result for result in results},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(results))
+    for result in results:
+        if "trace" in result:
+            print(f"\nscenario {result['scenario']}, inside the bot (bench.trace_bot):\n"
+                  f"{trace_bot.table(result['trace'])}")
     print(f"\nresults: {args.out}")
     return 0 if all(r["answers_completed"] == r["answers_started"] for r in results) else 1
 

@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 
 from bot.coordination import Coordinator, LocalCoordinator
 from bot.coordination.redis import RedisCoordinator
+from bot.services.pacing import Priority, UpdatePacer
+from bot.telegram_limits import SendRate
 from tests.redis_keys import delete_keys, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,3 +446,30 @@ async def test_a_killed_replica_loses_its_turns_updates_and_polling(replicas: Co
     async with asyncio.timeout(LEASE + 0.5):
         await asyncio.gather(turn, behind_the_dead)
     assert time.monotonic() - killed <= LEASE + 0.4
+
+
+async def test_an_urgent_send_on_one_replica_is_not_queued_behind_another_replicas_progress(replicas: Connect) -> None:
+    """Progress updates only take shared slots that are free now, so a first text elsewhere finds one at once."""
+    bot_rate = SendRate(interval=0.05)
+    one, two = await replicas(bot=bot_rate), await replicas(bot=bot_rate)
+    busy = UpdatePacer(bot=SendRate(interval=0.01), shared_budget=one)  # as if it were several replicas at once
+    other = UpdatePacer(bot=bot_rate, shared_budget=two)
+    running = True
+
+    async def stream(chat_id: int) -> None:
+        while running:
+            await busy.wait_turn(chat_id, Priority.PROGRESS)
+
+    streams = [asyncio.create_task(stream(chat_id)) for chat_id in range(500, 540)]
+    try:
+        await asyncio.sleep(0.5)  # 40 streams want 40 sends/s of a budget of 20/s
+        started = time.monotonic()
+        await asyncio.wait_for(other.wait_turn(900, Priority.URGENT), 2.0)
+        assert time.monotonic() - started < 0.2  # not after the ~2 s the 40 streams would have booked
+    finally:
+        running = False
+        for task in streams:
+            task.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+        await busy.close()
+        await other.close()

@@ -29,6 +29,9 @@ ChatKey = int | str | None
 # Two chats flood-limited within this window means the limit is the bot's, not theirs.
 _GLOBAL_FLOOD_WINDOW = 1.0
 _PRUNE_ABOVE = 4096
+# With replicas, a progress update takes a shared slot only if one is this close (else it waits and asks again after
+# the back-off): progress never books the budget's future, so every replica's urgent sends find slots at once.
+_SHARED_PROGRESS_BACKOFF = 0.1
 _turn_in_hand: ContextVar[tuple[int, ChatKey] | None] = ContextVar("turn_in_hand", default=None)
 
 
@@ -76,6 +79,7 @@ class UpdatePacer:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._last_flood: tuple[ChatKey, float] | None = None
+        self._progress_held_until = 0.0  # the shared budget had no slot near: progress waits until then
 
     @property
     def waiting(self) -> int:
@@ -198,7 +202,13 @@ class UpdatePacer:
         assert self._shared_budget is not None
         chosen, self._reserving = self._reserving, []
         for request in chosen:
-            delay = await self._shared_budget.send_slot(request.chat_id, needs=Priority(request.priority).needs)
+            priority = Priority(request.priority)
+            delay = await self._shared_budget.send_slot(
+                request.chat_id, needs=priority.needs,
+                max_wait=self._bot.interval if priority is Priority.PROGRESS else None)
+            if delay is None:
+                self._hold_progress(request)
+                continue
             if not delay:
                 _grant(request.granted)
                 continue
@@ -207,6 +217,16 @@ class UpdatePacer:
                 self._chat_due[request.chat_id] = max(self._chat_due.get(request.chat_id, 0.0),
                                                       self._clock() + delay + rate.interval)
             asyncio.get_running_loop().call_later(delay, _grant, request.granted)
+
+    def _hold_progress(self, request: _Request) -> None:
+        """No shared slot near for a progress update: the turn taken here is given back and it waits again."""
+        rate = self._rate_of(request.chat_id)
+        if rate is not None:
+            self._chat_due[request.chat_id] -= rate.interval
+        self._bot_due -= self._bot.interval
+        self._progress_held_until = self._clock() + _SHARED_PROGRESS_BACKOFF
+        if not request.granted.done():
+            self._waiting.append(request)
 
     def _rate_of(self, chat_id: ChatKey) -> SendRate | None:
         return rate_for(chat_id, self._private, self._group)
@@ -218,7 +238,8 @@ class UpdatePacer:
         return self._chat_due.get(chat_id, 0.0) - rate.tolerance(needs)
 
     def _request_ready_at(self, request: _Request) -> float:
-        return self._chat_ready_at(request.chat_id, Priority(request.priority).needs)
+        ready = self._chat_ready_at(request.chat_id, Priority(request.priority).needs)
+        return ready if request.priority == Priority.URGENT else max(ready, self._progress_held_until)
 
     def _bot_ready_at(self) -> float:
         return self._bot_due - self._bot.tolerance(URGENT_NEEDS)

@@ -428,3 +428,25 @@ async def test_a_turn_taken_is_known_only_inside_its_block_and_for_its_chat(burs
         assert bursting.has_turn(7)
         assert not bursting.has_turn(8)
     assert not bursting.has_turn(7)
+
+
+async def test_a_first_text_keeps_the_last_send_for_the_final_message(bursting: UpdatePacer) -> None:
+    """A chat with one send left: the first text waits, so an answer already complete goes as its final at once."""
+    assert await granted_within(bursting, 7, 0.02, Priority.URGENT) < 0.02
+    assert await granted_within(bursting, 7, 0.02, Priority.URGENT) < 0.02
+    first_text = asyncio.create_task(bursting.wait_turn(7, Priority.FIRST))
+    await asyncio.sleep(0.05)
+    assert not first_text.done()
+    assert await granted_within(bursting, 7, 0.02, Priority.URGENT) < 0.02
+    first_text.cancel()  # the answer was delivered whole: its first text is no longer wanted, and takes no slot
+    await asyncio.gather(first_text, return_exceptions=True)
+    assert bursting.waiting == 0
+
+
+async def test_first_texts_go_before_progress_updates(pacer: UpdatePacer) -> None:
+    recorder = Recorder(pacer)
+    recorder.ask(1, Priority.PROGRESS)
+    recorder.ask(2, Priority.FIRST)
+    recorder.ask(3, Priority.URGENT)
+    await recorder.done()
+    assert recorder.order == [3, 2, 1]

@@ -1,11 +1,12 @@
 """The one bot-wide scheduler for every Telegram send: a draft, an edit, a command's reply, an alert, a typing action.
 
 Telegram's budgets (bot/telegram_limits.py) are token buckets per chat and for the whole bot. Here every request
-waits in one queue: urgent sends (a first text, a final message, a reply) go before progress updates and may use a
-chat's burst; progress updates are served oldest first (so chats take turns fairly, and with many streams each is
-updated less often) and keep one send of the burst for the final message; typing is only sent when a turn is free at
-once and nobody waits, so it is the first thing dropped under pressure. Each stream has at most one request waiting,
-so the queue is bounded by the number of live answers.
+waits in one queue: urgent sends (a final message, a reply) go first and may use a chat's whole burst; an answer's
+first text goes next and keeps one send of the burst for the final message (so an answer complete before its first
+text could go arrives as one final message at once); progress updates are served oldest first (so chats take turns
+fairly, and with many streams each is updated less often) and keep that send too; typing is only sent when a turn is
+free at once and nobody waits, so it is the first thing dropped under pressure. Each stream has at most one request
+waiting, so the queue is bounded by the number of live answers.
 
 Streams wait for their turn themselves (with their priority) and mark the call that uses it with `turn_taken`; every
 other call is paced by `PacedRequests` (bot/services/paced_requests.py), the Bot's request middleware.
@@ -36,8 +37,9 @@ _turn_in_hand: ContextVar[tuple[int, ChatKey] | None] = ContextVar("turn_in_hand
 
 
 class Priority(IntEnum):
-    URGENT = 0  # the first visible text of an answer, final messages, replies
-    PROGRESS = 1  # a newer version of text already shown
+    URGENT = 0  # final messages, replies: may take a chat's last send
+    FIRST = 1  # the first visible text of an answer: before progress, but it keeps the last send for the final
+    PROGRESS = 2  # a newer version of text already shown
 
     @property
     def needs(self) -> int:
@@ -205,7 +207,7 @@ class UpdatePacer:
             priority = Priority(request.priority)
             delay = await self._shared_budget.send_slot(
                 request.chat_id, needs=priority.needs,
-                max_wait=self._bot.interval if priority is Priority.PROGRESS else None)
+                max_wait=None if self._books_ahead(priority) else self._bot.interval)
             if delay is None:
                 self._hold_progress(request)
                 continue
@@ -239,10 +241,14 @@ class UpdatePacer:
 
     def _request_ready_at(self, request: _Request) -> float:
         ready = self._chat_ready_at(request.chat_id, Priority(request.priority).needs)
-        return ready if request.priority == Priority.URGENT else max(ready, self._progress_held_until)
+        return ready if self._books_ahead(Priority(request.priority)) else max(ready, self._progress_held_until)
 
     def _bot_ready_at(self) -> float:
         return self._bot_due - self._bot.tolerance(URGENT_NEEDS)
+
+    def _books_ahead(self, priority: Priority) -> bool:
+        """With replicas, progress takes no slot of the shared budget's future (see _SHARED_PROGRESS_BACKOFF)."""
+        return priority is not Priority.PROGRESS
 
     def _take(self, chat_id: ChatKey, now: float) -> None:
         rate = self._rate_of(chat_id)

@@ -129,7 +129,7 @@ class ReplyStream:
             await self._wake.wait()
             self._wake.clear()
             urgent = self.first_visible_at is None
-            async with self._pacer.turn(self.target.chat_id, Priority.URGENT if urgent else Priority.PROGRESS), \
+            async with self._pacer.turn(self.target.chat_id, Priority.FIRST if urgent else Priority.PROGRESS), \
                     self._send_lock:
                 if self._closing or self.gone:
                     return

@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
+from aiogram.dispatcher.event.handler import CallableObject
 from aiogram.methods import GetUpdates, Response
 from aiogram.types import Update
 
 from bot.factories import TelegramSession
+
+
+async def test_no_handler_or_filter_of_an_update_runs_in_a_thread(start_bot):
+    """aiogram runs a synchronous handler or filter through asyncio.to_thread: milliseconds on a busy loop."""
+    running = await start_bot()
+    synchronous = [f"{where}: {callable_.callback!r}" for where, callable_ in _callables(running.app.dispatcher)
+                   if not callable_.awaitable]
+
+    assert synchronous == []
+
+
+def _callables(dispatcher: Dispatcher) -> Iterator[tuple[str, CallableObject]]:
+    """Every handler and filter an update may run, with its router and event."""
+    for router in dispatcher.chain_tail:
+        for event, observer in router.observers.items():
+            for filter_ in observer._handler.filters or []:  # given to observer.filter(), for all its handlers
+                yield f"{router.name}/{event} filter", filter_
+            for handler in observer.handlers:
+                yield f"{router.name}/{event}", handler
+                for filter_ in handler.filters or []:
+                    yield f"{router.name}/{event} filter", filter_
 
 
 def _response_model(returning: Any) -> weakref.ref[type]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import BotCommand, Message
 
 from bot.config import Settings
 from bot.handlers.common import conversation_key, user_language
+from bot.handlers.filters import in_private_chat, looks_like_command
 from bot.models import UsageTotal
 from bot.services.chat_admins import ChatAdmins
 from bot.services.context import ConversationContext
@@ -24,7 +25,7 @@ def create_router() -> Router:
     router.message.register(on_reset, Command("reset", "new"))
     router.message.register(on_usage, Command("usage"))
     router.message.register(on_stats, Command("stats"))
-    router.message.register(on_unknown_command, F.chat.type == "private", F.text.startswith("/"))
+    router.message.register(on_unknown_command, in_private_chat, looks_like_command)
     return router
 
 

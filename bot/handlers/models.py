@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from bot.handlers.common import conversation_key, user_language
+from bot.handlers.filters import CallbackPrefix
 from bot.services.chat_admins import ChatAdmins
 from bot.services.model_choice import ModelChoice, UnknownModel
 from bot.texts import language_of, text
@@ -23,7 +24,7 @@ MODEL_CALLBACK_PREFIX = "model:"
 def create_router() -> Router:
     router = Router(name="models")
     router.message.register(on_model_command, Command("model"))
-    router.callback_query.register(on_model_button, F.data.startswith(MODEL_CALLBACK_PREFIX))
+    router.callback_query.register(on_model_button, CallbackPrefix(MODEL_CALLBACK_PREFIX))
     return router
 
 

@@ -6,11 +6,12 @@ one of its messages, or /ask); a photo nobody asked about costs nothing.
 
 from __future__ import annotations
 
-from aiogram import Bot, F, Router
+from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message, Update
 
 from bot.handlers.common import conversation_key, reply_target, user_language
+from bot.handlers.filters import in_group, in_private_chat
 from bot.handlers.inputs import (
     attachments_of,
     author_of,
@@ -25,14 +26,12 @@ from bot.services.images import ImageTarget
 from bot.services.inbox import Ticket
 from bot.texts import text
 
-GROUP_TYPES = {"group", "supergroup"}
-
 
 def create_router() -> Router:
     router = Router(name="questions")
-    router.message.register(on_private_message, F.chat.type == "private")
-    router.message.register(on_ask_command, F.chat.type.in_(GROUP_TYPES), Command("ask"))
-    router.message.register(on_group_message, F.chat.type.in_(GROUP_TYPES), addressed_to_bot)
+    router.message.register(on_private_message, in_private_chat)
+    router.message.register(on_ask_command, in_group, Command("ask"))
+    router.message.register(on_group_message, in_group, addressed_to_bot)
     return router
 
 

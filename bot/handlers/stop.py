@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import CallbackQuery, InaccessibleMessage, MessageGenerationStopped
 
+from bot.handlers.filters import CallbackPrefix
 from bot.services.reply_calls import STOP_CALLBACK_PREFIX
 from bot.services.streaming import ReplyStreamer, StopOutcome
 from bot.texts import language_of, text
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 def create_router() -> Router:
     router = Router(name="stop")
     router.stopped_message_generation.register(on_draft_stopped)
-    router.callback_query.register(on_stop_button, F.data.startswith(STOP_CALLBACK_PREFIX))
+    router.callback_query.register(on_stop_button, CallbackPrefix(STOP_CALLBACK_PREFIX))
     return router
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -51,3 +52,8 @@ def test_the_telegram_session_keeps_the_response_models_it_has_used():
 
     assert used() is not None
     assert unused() is None  # what pydantic does on its own: rebuilt on the next use
+
+
+def test_sniffio_is_installed():
+    """httpcore imports it on every provider request; missing, the import fails anew each time."""
+    assert importlib.util.find_spec("sniffio") is not None

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -21,26 +24,45 @@ class ImageEncoding(StrEnum):
     URL = "url"  # a published, expiring http(s) URL: glm-4v-flash as reported in the field
 
 
+@dataclass(slots=True)
+class Body:
+    """A request body whose images' base64 stands apart until it is encoded: base64 has no character JSON escapes,
+    so its bytes are spliced in rather than scanned by json.dumps (~1 ms for a 430 KB image on the event loop)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    images: list[bytes] = field(default_factory=list)  # base64, in the order of their placeholders' numbers
+    marker: str = field(default_factory=lambda: secrets.token_hex(16))  # per body: no text sent can hold it
+
+    def placeholder(self, data: bytes) -> str:
+        """What stands in `fields` for the image's base64 until the body is encoded."""
+        self.images.append(base64.b64encode(data))
+        return f"{self.marker}{len(self.images) - 1}"
+
+
 def build_body(messages: Sequence[PromptMessage], *, model: str, max_tokens: int, temperature: float | None,
                stream: bool, extra_body: Mapping[str, Any], image_detail: str | None, encoding: ImageEncoding,
-               urls: Mapping[str, str]) -> dict[str, Any]:
+               urls: Mapping[str, str]) -> Body:
     """`urls` maps image ids to their published URLs (needed with `ImageEncoding.URL` only)."""
-    body: dict[str, Any] = {
+    body = Body()
+    body.fields.update({
         "model": model,
-        "messages": [_wire_message(message, encoding, urls, image_detail) for message in messages],
+        "messages": [_wire_message(message, encoding, urls, image_detail, body) for message in messages],
         "max_tokens": max_tokens,
         "stream": stream,
-    }
+    })
     if stream:
-        body["stream_options"] = {"include_usage": True}
+        body.fields["stream_options"] = {"include_usage": True}
     if temperature is not None:
-        body["temperature"] = temperature
-    body.update(extra_body)
+        body.fields["temperature"] = temperature
+    body.fields.update(extra_body)
     return body
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+def encode_body(body: Body) -> bytes:
+    encoded = json.dumps(body.fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    pieces = re.split(re.escape(body.marker).encode() + rb"(\d+)", encoded)  # JSON, number, JSON, number...
+    pieces[1::2] = [body.images[int(number)] for number in pieces[1::2]]
+    return b"".join(pieces)
 
 
 def images_in(messages: Sequence[PromptMessage]) -> list[PreparedImage]:
@@ -62,20 +84,20 @@ def within_image_limit(messages: Sequence[PromptMessage], limit: int) -> list[Pr
 
 
 def _wire_message(message: PromptMessage, encoding: ImageEncoding, urls: Mapping[str, str],
-                  detail: str | None) -> dict[str, Any]:
+                  detail: str | None, body: Body) -> dict[str, Any]:
     if not message.images:
         return {"role": message.role, "content": message.text}
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.text}]
     for image in message.images:
-        image_url: dict[str, Any] = {"url": _image_reference(image, encoding, urls)}
+        image_url: dict[str, Any] = {"url": _image_reference(image, encoding, urls, body)}
         if detail:
             image_url["detail"] = detail
         parts.append({"type": "image_url", "image_url": image_url})
     return {"role": message.role, "content": parts}
 
 
-def _image_reference(image: PreparedImage, encoding: ImageEncoding, urls: Mapping[str, str]) -> str:
+def _image_reference(image: PreparedImage, encoding: ImageEncoding, urls: Mapping[str, str], body: Body) -> str:
     if encoding is ImageEncoding.URL:
         return urls[image.image_id]
-    encoded = base64.b64encode(image.data).decode("ascii")
-    return encoded if encoding is ImageEncoding.RAW_BASE64 else f"data:{image.mime};base64,{encoded}"
+    placeholder = body.placeholder(image.data)
+    return placeholder if encoding is ImageEncoding.RAW_BASE64 else f"data:{image.mime};base64,{placeholder}"

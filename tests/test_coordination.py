@@ -473,3 +473,21 @@ async def test_an_urgent_send_on_one_replica_is_not_queued_behind_another_replic
         await asyncio.gather(*streams, return_exceptions=True)
         await busy.close()
         await other.close()
+
+
+async def test_a_shared_slot_granted_late_is_booked_again_not_crowded_into_the_next(replicas: Connect) -> None:
+    """A stalled event loop would fire a late grant right next to the slot after it; it is booked again instead."""
+    bot_rate = SendRate(interval=0.5)
+    other = await replicas(bot=bot_rate)
+    pacer = UpdatePacer(bot=bot_rate, shared_budget=await replicas(bot=bot_rate))
+    try:
+        started = time.monotonic()
+        assert await other.send_slot(1) == 0  # another replica holds the slots at 0 and 0.5
+        assert await other.send_slot(2) == pytest.approx(0.5, abs=0.05)
+        turn = asyncio.create_task(pacer.wait_turn(3, Priority.URGENT))  # booked at 1.0
+        await asyncio.sleep(0.1)
+        time.sleep(1.2)  # noqa: ASYNC251 - the event loop stalls past that slot
+        await asyncio.wait_for(turn, 2.0)
+        assert time.monotonic() - started >= 1.45  # booked again: the next free slot, a whole gap after 1.0
+    finally:
+        await pacer.close()

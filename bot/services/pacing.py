@@ -33,6 +33,9 @@ _PRUNE_ABOVE = 4096
 # With replicas, a progress update takes a shared slot only if one is this close (else it waits and asks again after
 # the back-off): progress never books the budget's future, so every replica's urgent sends find slots at once.
 _SHARED_PROGRESS_BACKOFF = 0.1
+# A shared slot whose grant comes this late (the event loop was busy) is booked again once: sent now, it would
+# crowd the slots after it, and Telegram counts sends as they arrive.
+_LATE_GRANT = 0.1
 _turn_in_hand: ContextVar[tuple[int, ChatKey] | None] = ContextVar("turn_in_hand", default=None)
 
 
@@ -52,6 +55,7 @@ class _Request:
     sequence: int
     chat_id: ChatKey = field(compare=False)
     granted: asyncio.Future[None] = field(compare=False)
+    rebooked: bool = field(default=False, compare=False)
 
 
 class UpdatePacer:
@@ -205,20 +209,30 @@ class UpdatePacer:
         chosen, self._reserving = self._reserving, []
         for request in chosen:
             priority = Priority(request.priority)
+            asked = self._clock()
             delay = await self._shared_budget.send_slot(
                 request.chat_id, needs=priority.needs,
                 max_wait=None if self._books_ahead(priority) else self._bot.interval)
             if delay is None:
                 self._hold_progress(request)
                 continue
-            if not delay:
-                _grant(request.granted)
-                continue
+            slot_at = asked + delay
             rate = self._rate_of(request.chat_id)
-            if rate is not None:
+            if delay and rate is not None:
                 self._chat_due[request.chat_id] = max(self._chat_due.get(request.chat_id, 0.0),
-                                                      self._clock() + delay + rate.interval)
-            asyncio.get_running_loop().call_later(delay, _grant, request.granted)
+                                                      slot_at + rate.interval)
+            asyncio.get_running_loop().call_later(max(0.0, slot_at - self._clock()), self._grant_in_slot, request,
+                                                  slot_at)
+
+    def _grant_in_slot(self, request: _Request, slot_at: float) -> None:
+        if request.granted.done():  # a caller cancelled meanwhile takes nothing
+            return
+        if self._clock() - slot_at > _LATE_GRANT and not request.rebooked:
+            request.rebooked = True
+            self._reserving.append(request)
+            self._changed.set()
+            return
+        request.granted.set_result(None)
 
     def _hold_progress(self, request: _Request) -> None:
         """No shared slot near for a progress update: the turn taken here is given back and it waits again."""
@@ -260,7 +274,3 @@ class UpdatePacer:
         if len(self._chat_due) > _PRUNE_ABOVE:
             self._chat_due = {chat: due for chat, due in self._chat_due.items() if due > now}
 
-
-def _grant(granted: asyncio.Future[None]) -> None:
-    if not granted.done():  # a caller cancelled meanwhile takes nothing
-        granted.set_result(None)

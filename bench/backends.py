@@ -1,7 +1,7 @@
 """Where the bot under test keeps its state: SQLite (one process) or PostgreSQL + Redis (one or more replicas).
 
-`pg-redis` gives every run a database of its own (created from template0, dropped with FORCE afterwards, as
-`tests/postgres.py` does) and a Redis key prefix of its own (its keys deleted afterwards), so runs never see each
+`pg-redis` gives every run a database of its own (`tests/postgres.py`: created from template0, dropped with FORCE
+afterwards) and a Redis key prefix of its own (its keys deleted afterwards), so runs never see each
 other's conversations, inbox or coordination state.
 """
 
@@ -11,10 +11,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from redis.asyncio import Redis
+
+from tests.postgres import fresh_database
 
 BACKENDS = ("sqlite", "pg-redis")
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"  # the server to create the run's database on
@@ -43,18 +43,3 @@ async def storage_env(backend: str, workdir: Path, *, postgres_dsn: str = POSTGR
                     await redis.delete(*keys)
     finally:
         await redis.aclose()
-
-
-@asynccontextmanager
-async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
-    """URL of a new, empty database on admin_dsn's server; dropped afterwards (FORCE: the bots' pools may linger)."""
-    name = f"bench_vision_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            yield urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()

@@ -18,17 +18,18 @@ def _unique_name() -> str:
 
 
 @asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """URL of a new, empty database (from template0, which nobody can be connected to); dropped afterwards.
+async def fresh_database(admin_dsn: str = ADMIN_DSN) -> AsyncIterator[str]:
+    """URL of a new, empty database (from template0, which nobody can be connected to) on admin_dsn's server;
+    dropped afterwards. The benchmark uses it too.
 
     What a new deployment sees, down to the per-database migration lock; creating one takes about 0.15 s.
     """
     name = _unique_name()
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         try:
-            yield urlunsplit(urlsplit(ADMIN_DSN)._replace(path=f"/{name}"))
+            yield urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
         finally:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # FORCE: a failed test may leave a pool open
     finally:

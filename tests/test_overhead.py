@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from aiogram import Bot, Dispatcher
 from aiogram.dispatcher.event.handler import CallableObject
 from aiogram.methods import GetUpdates, Response
 from aiogram.types import Update
 
 from bot.factories import TelegramSession
+from bot.models import ConversationKey, PreparedImage, Turn
+from bot.services.context import ConversationContext
+from tests.fakes.telegram_server import make_user
+from tests.fakes.vision_server import SEED_QUOTA_ERROR, json_reply, stream_reply
+from tests.support import answered, send_photo
+
+ALICE = make_user(1001, "Alice", "en")
 
 
 async def test_no_handler_or_filter_of_an_update_runs_in_a_thread(start_bot):
@@ -57,3 +66,35 @@ def test_the_telegram_session_keeps_the_response_models_it_has_used():
 def test_sniffio_is_installed():
     """httpcore imports it on every provider request; missing, the import fails anew each time."""
     assert importlib.util.find_spec("sniffio") is not None
+
+
+@pytest.mark.parametrize("reply", [stream_reply(["A cat."]), json_reply(SEED_QUOTA_ERROR)], ids=["answer", "error"])
+async def test_the_question_leaves_before_its_image_is_stored_and_is_remembered_after(
+        telegram, vision, start_bot, monkeypatch, reply):
+    """Storing the prepared image is off the way to the provider; remembering the turn that names it waits."""
+    stored = asyncio.Event()
+    events: list[str] = []
+    keep_image, record = ConversationContext.keep_image, ConversationContext.record
+
+    async def slow_keep_image(context: ConversationContext, image: PreparedImage) -> None:
+        await stored.wait()
+        await keep_image(context, image)
+        events.append("image stored")
+
+    async def recorded(context: ConversationContext, key: ConversationKey, *turns: Turn) -> None:
+        events.extend(f"{turn.role} turn" for turn in turns)
+        await record(context, key, *turns)
+
+    monkeypatch.setattr(ConversationContext, "keep_image", slow_keep_image)
+    monkeypatch.setattr(ConversationContext, "record", recorded)
+    vision.enqueue(reply)
+    await start_bot()
+    send_photo(telegram, ALICE, caption="What is it?")
+
+    await vision.wait_for_requests(1)
+    await answered(telegram, ALICE["id"])
+    await asyncio.sleep(0.1)
+    assert events == []
+    stored.set()
+    await telegram.wait_for(lambda: len(events) >= 2)
+    assert events[:2] == ["image stored", "user turn"]

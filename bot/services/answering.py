@@ -16,7 +16,7 @@ from bot.metrics import Metrics
 from bot.models import ConversationKey, Turn, Usage
 from bot.services.alerts import OperatorAlerts
 from bot.services.context import ConversationContext
-from bot.services.downloads import ImageFetcher, ImageRef
+from bot.services.downloads import ImageFetcher, ImageRef, ImageSaves
 from bot.services.inbox import Inbox, Ticket
 from bot.services.model_choice import ModelChoice
 from bot.services.reply_calls import ReplyTarget
@@ -111,6 +111,7 @@ class AnswerService:
             raise
         finally:
             await stream.close()
+            await answer.saves.settle()
             await self._account(question, stream, answer)
 
     def _stale(self, question: Question) -> bool:
@@ -180,11 +181,8 @@ class AnswerService:
         await stream.finish(final)
         answer.outcome = "answered"
         await self._inbox.finish(ticket)
-        await self._context.record(
-            question.key,
-            answer.question,
-            Turn(role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage),
-        )
+        await self._remember(question, answer, answer.question, Turn(
+            role="assistant", text=answer.text, created_at=self._context.now(), usage=completion.usage))
 
     async def _deliver_generated(self, stream: ReplyStream, answer: _Answer, ticket: Ticket) -> None:
         """The provider had finished before the interruption: the same text is delivered, nothing asked again."""
@@ -205,12 +203,13 @@ class AnswerService:
         per_request = self._options.max_images_for(answer.model)
         question_text = question.text
         if len(question.images) > per_request and self._options.album_grid:
-            grid = await self._fetcher.grid([await self._fetcher.fetch(ref) for ref in question.images])
+            grid = await self._fetcher.grid([await self._fetcher.fetch(ref, answer.saves) for ref in question.images],
+                                            answer.saves)
             images = [grid.image]
             question_text = f"{question.text}\n\n({grid.description})"
             answer.gridded = True
         else:
-            images = [await self._fetcher.fetch(ref) for ref in question.images[:per_request]]
+            images = [await self._fetcher.fetch(ref, answer.saves) for ref in question.images[:per_request]]
         answer.images_sent = len(images)
         answer.question = Turn(role="user", text=question_text, created_at=self._context.now(),
                                image_ids=tuple(image.image_id for image in images), author=question.author)
@@ -271,6 +270,11 @@ class AnswerService:
         turns = [answer.question]
         if answer.text:
             turns.append(Turn(role="assistant", text=answer.text, created_at=self._context.now()))
+        await self._remember(question, answer, *turns)
+
+    async def _remember(self, question: Question, answer: _Answer, *turns: Turn) -> None:
+        """Turns name their images: only once those are stored (saved meanwhile, off the way to the provider)."""
+        await answer.saves.wait()
         await self._context.record(question.key, *turns)
 
 
@@ -290,6 +294,7 @@ class _Answer:
     provider: str = ""
     images_sent: int = 0
     gridded: bool = False
+    saves: ImageSaves = field(default_factory=ImageSaves)  # its question's new images, on their way to storage
 
     def fail(self, kind: str) -> None:
         self.outcome, self.error_kind = "failed", kind

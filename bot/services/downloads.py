@@ -9,10 +9,11 @@ import asyncio
 import hashlib
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
@@ -46,6 +47,32 @@ class ImageRef:
     telegram_photo: bool = False
 
 
+class ImageSaves:
+    """One answer's newly prepared images on their way to storage, each saved in a task of its own: the question
+    goes to the provider meanwhile, and the answer waits for them before it remembers its turn (which names them)."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, save: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(save))
+
+    async def wait(self) -> None:
+        """Raises the first failure. The saves are not cancelled with the waiter: an answer cut off at shutdown
+        still leaves its images stored for the question's resumption."""
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        for task in self._tasks:
+            task.result()
+
+    async def settle(self) -> None:
+        """However the answer ended: none left running, a failure logged rather than raised."""
+        try:
+            await self.wait()
+        except Exception:
+            log.warning("an image of the question was not stored", exc_info=True)
+
+
 class ImageFetcher:
     """Telegram images in, prepared images out (and an album's grid), each prepared once and kept in storage."""
 
@@ -62,7 +89,8 @@ class ImageFetcher:
     def max_bytes(self) -> int:
         return self._max_bytes
 
-    async def fetch(self, ref: ImageRef) -> PreparedImage:
+    async def fetch(self, ref: ImageRef, saves: ImageSaves) -> PreparedImage:
+        """A newly prepared image is saved in `saves`; until then, a second fetch of it downloads it again."""
         # The same file prepared for another target (VISION_IMAGE_DETAIL changed) is another image.
         image_id = f"{ref.file_unique_id}@{self._target.long_side}x{self._target.short_side}"
         cached = await self._context.cached_image(image_id)
@@ -74,16 +102,16 @@ class ImageFetcher:
         async with self._in_flight:  # held from the download until the photo's bytes are no longer needed
             prepared = await prepare_image_async(await self._download(file_path), image_id, self._target,
                                                  self._workers, telegram_photo=ref.telegram_photo)
-        await self._context.keep_image(prepared)
+        saves.add(self._context.keep_image(prepared))
         return prepared
 
-    async def grid(self, images: Sequence[PreparedImage]) -> Grid:
+    async def grid(self, images: Sequence[PreparedImage], saves: ImageSaves) -> Grid:
         """One numbered grid of an album, for models that take fewer images per request; kept like any image."""
         digest = hashlib.sha256("|".join(image.image_id for image in images).encode()).hexdigest()[:32]
         image_id = f"grid:{digest}@{self._target.long_side}x{self._target.short_side}"
         grid = await asyncio.get_running_loop().run_in_executor(self._workers, compose_grid, images, image_id,
                                                                  self._target)
-        await self._context.keep_image(grid.image)
+        saves.add(self._context.keep_image(grid.image))
         return grid
 
     async def _file_path(self, ref: ImageRef) -> str:

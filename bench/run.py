@@ -433,6 +433,7 @@ class Run:
             "answers_started": len(self.answers),
             "answers_completed": completed,
             "answers_failed": sum(answer.failed for answer in self.answers),
+            "failed_finals": [answer.finals for answer in self.answers if answer.failed][:5],
             "overhead_ms": _quantiles(overhead),
             "overhead_less_telegram_waits_ms": _quantiles(net),
             "overhead_parts_ms": {

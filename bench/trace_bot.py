@@ -58,7 +58,7 @@ STEPS: tuple[tuple[str, str, str], ...] = (
 SYNC_STEPS = frozenset({"passthrough", "prepare_in_thread", "build_body", "encode_body"})
 
 # The path in order: (milestone, step, "start" | "end"), the first of each per update. "delivered" and
-# "provider_request" come from the fakes.
+# "provider_request" come from the fakes. Keeping the prepared image is off the path (a task of its own).
 MILESTONES: tuple[tuple[str, str, str], ...] = (
     ("update delivered (fake)", "delivered", "at"),
     ("getUpdates answer parsed", "get_updates", "end"),
@@ -80,7 +80,6 @@ MILESTONES: tuple[tuple[str, str, str], ...] = (
     ("image worker starts", "prepare_in_thread", "start"),
     ("image worker done", "prepare_in_thread", "end"),
     ("prepared image back on the loop", "prepare", "end"),
-    ("prepared image kept", "keep_image", "end"),
     ("prompt built", "prompt", "end"),
     ("request body built", "build_body", "end"),
     ("request body encoded (JSON)", "encode_body", "end"),

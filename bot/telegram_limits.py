@@ -2,8 +2,9 @@
 
 Telegram allows about 1 message/s in a private chat with short bursts, about 20 per minute in a group and about
 30/s for the whole bot. Each budget is a token bucket (held as a "theoretical arrival time", GCRA): `burst` sends at
-once, then one per `interval`. Urgent sends (a first text, a final message, a command's reply) may use the whole
-burst; progress updates and typing keep one send in reserve so a final message never waits behind them.
+once, then one per `interval`. Urgent sends (a final message, a command's reply) may use the whole burst; first texts
+and progress updates keep one send in reserve so a final message never waits behind them; typing goes only when
+the whole burst is there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 URGENT_NEEDS = 1  # sends left in the bucket for an urgent send to go
-PROGRESS_NEEDS = 2  # a progress update or typing leaves one for the final message
+PROGRESS_NEEDS = 2  # a first text or progress update leaves one for the final message
+TYPING_NEEDS = 3  # typing only with the chat's bucket full: its first text and final message still go at once
 
 
 @dataclass(frozen=True, slots=True)

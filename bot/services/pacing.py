@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from bot.coordination import SendBudget
-from bot.telegram_limits import BOT, GROUP, PRIVATE, PROGRESS_NEEDS, URGENT_NEEDS, SendRate, rate_for
+from bot.telegram_limits import (
+    BOT,
+    GROUP,
+    PRIVATE,
+    PROGRESS_NEEDS,
+    TYPING_NEEDS,
+    URGENT_NEEDS,
+    SendRate,
+    rate_for,
+)
 
 ChatKey = int | str | None
 # Two chats flood-limited within this window means the limit is the bot's, not theirs.
@@ -111,12 +120,12 @@ class UpdatePacer:
         """A turn for something that may be dropped (typing): only if one is free now and nobody is waiting."""
         now = self._clock()
         if self._waiting or self._reserving or self._bot_ready_at() > now \
-                or self._chat_ready_at(chat_id, PROGRESS_NEEDS) > now:
+                or self._chat_ready_at(chat_id, TYPING_NEEDS) > now:
             return False
         self._take(chat_id, now)
         if self._shared_budget is None:
             return True
-        return await self._shared_budget.send_slot(chat_id, needs=PROGRESS_NEEDS, max_wait=0.0) is not None
+        return await self._shared_budget.send_slot(chat_id, needs=TYPING_NEEDS, max_wait=0.0) is not None
 
     @contextlib.asynccontextmanager
     async def turn(self, chat_id: ChatKey, priority: Priority = Priority.PROGRESS) -> AsyncIterator[None]:

@@ -99,7 +99,7 @@ class ImageFetcher:
         if ref.file_size is not None and ref.file_size > self._max_bytes:
             raise ImageTooLargeError(f"file is {ref.file_size} bytes")
         file_path = await self._file_path(ref)
-        async with self._in_flight:  # held from the download until the photo's bytes are no longer needed
+        async with self._in_flight:  # from the download until prepared: a burst waits as updates, not as files
             prepared = await prepare_image_async(await self._download(file_path), image_id, self._target,
                                                  self._workers, telegram_photo=ref.telegram_photo)
         saves.add(self._context.keep_image(prepared))
